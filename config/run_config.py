@@ -1,0 +1,195 @@
+"""The one typed view of a run's settings, shared by the ServerApp and the ClientApp.
+
+Flower hands both sides the same flat ``context.run_config`` (``[tool.flwr.app.config]`` plus any
+``--run-config`` overrides). Everything downstream takes a :class:`RunConfig` instead, so that a bad
+value fails here, naming the key and what is allowed, before any model or dataset is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+TASKS = ("seq-cls",)
+AGGREGATIONS = ("fedavg",)
+DP_MODES = ("off", "sample")
+ACCOUNTANTS = ("prv", "rdp")
+PARTITIONERS = ("iid", "dirichlet", "pathological")
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_DATASET = "stanfordnlp/sst2"
+
+
+class ConfigError(ValueError):
+    """A run setting is invalid; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Resolved, validated run settings. Field names are the run-config keys with ``-`` -> ``_``."""
+
+    model: str = DEFAULT_MODEL
+    task: str = "seq-cls"
+    dataset: str = DEFAULT_DATASET
+    text_column: str = ""
+    label_column: str = "label"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    max_length: int = 128
+    max_train_samples: int = 20000
+    max_eval_samples: int = 0
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("query", "value")
+    aggregation: str = "fedavg"
+    num_server_rounds: int = 3
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_clients: int = 2
+    local_epochs: float = 1.0
+    batch_size: int = 64
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    dp: str = "sample"
+    target_epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    classes_per_client: int = 1
+    seed: int = 42
+    output_dir: str = ""
+    eval_batch_size: int = 128
+    client_threads: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def dp_enabled(self) -> bool:
+        return self.dp != "off"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings under their run-config key names, as written to ``config.json``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            out[f.name.replace("_", "-")] = value
+        return out
+
+
+_FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(RunConfig) if f.name != "extra"}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert one raw run-config value to the type of its default (TOML/CLI give mixed types)."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if isinstance(default, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(s.strip() for s in items if str(s).strip())
+        return str(value)
+    except (TypeError, ValueError):
+        kind = type(default).__name__ if not isinstance(default, tuple) else "comma-separated list"
+        raise ConfigError(f"run-config key '{key}': expected {kind}, got {value!r}") from None
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"run-config key '{key}' = {value!r} is invalid: {allowed}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Raise :class:`ConfigError` for the first out-of-range setting; return ``cfg`` unchanged."""
+
+    def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+        _check(value in allowed, key, value, "allowed values are " + " | ".join(allowed))
+
+    def positive(key: str, value: float, strict: bool = True) -> None:
+        ok = math.isfinite(value) and (value > 0 if strict else value >= 0)
+        _check(ok, key, value, "must be " + ("> 0" if strict else ">= 0"))
+
+    choice("task", cfg.task, TASKS)
+    choice("aggregation", cfg.aggregation, AGGREGATIONS)
+    choice("dp", cfg.dp, DP_MODES)
+    choice("accountant", cfg.accountant, ACCOUNTANTS)
+    choice("partitioner", cfg.partitioner, PARTITIONERS)
+    _check(bool(cfg.model.strip()), "model", cfg.model, "give a local folder or a hub id")
+    _check(bool(cfg.dataset.strip()), "dataset", cfg.dataset,
+           "give a local folder/file or a hub id")
+    _check(bool(cfg.label_column), "label-column", cfg.label_column, "must name a column")
+    _check(8 <= cfg.max_length <= 8192, "max-length", cfg.max_length, "must be in [8, 8192]")
+    positive("max-train-samples", cfg.max_train_samples, strict=False)
+    positive("max-eval-samples", cfg.max_eval_samples, strict=False)
+    _check(cfg.lora_r >= 1, "lora-r", cfg.lora_r, "must be an integer >= 1")
+    positive("lora-alpha", cfg.lora_alpha)
+    _check(0.0 <= cfg.lora_dropout < 1.0, "lora-dropout", cfg.lora_dropout, "must be in [0, 1)")
+    _check(len(cfg.lora_targets) > 0, "lora-targets", ",".join(cfg.lora_targets),
+           "name at least one module, e.g. 'query,value'")
+    _check(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, "must be >= 1")
+    _check(0.0 < cfg.fraction_train <= 1.0, "fraction-train", cfg.fraction_train,
+           "must be in (0, 1]")
+    _check(0.0 <= cfg.fraction_evaluate <= 1.0, "fraction-evaluate", cfg.fraction_evaluate,
+           "must be in [0, 1]")
+    _check(cfg.min_clients >= 1, "min-clients", cfg.min_clients, "must be >= 1")
+    positive("local-epochs", cfg.local_epochs)
+    _check(cfg.batch_size >= 1, "batch-size", cfg.batch_size, "must be >= 1")
+    positive("lr", cfg.lr)
+    positive("weight-decay", cfg.weight_decay, strict=False)
+    positive("target-epsilon", cfg.target_epsilon)
+    _check(math.isfinite(cfg.delta) and 0.0 < cfg.delta < 1.0, "delta", cfg.delta,
+           "must be in (0, 1), and below 1/(examples per client)")
+    positive("max-grad-norm", cfg.max_grad_norm)
+    positive("dirichlet-alpha", cfg.dirichlet_alpha)
+    _check(cfg.classes_per_client >= 1, "classes-per-client", cfg.classes_per_client,
+           "must be >= 1")
+    _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    _check(cfg.eval_batch_size >= 1, "eval-batch-size", cfg.eval_batch_size, "must be >= 1")
+    _check(cfg.client_threads >= 1, "client-threads", cfg.client_threads, "must be >= 1")
+    return cfg
+
+
+def from_run_config(run_config: Mapping[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from Flower's ``context.run_config``.
+
+    Unknown keys are rejected (a typo such as ``target-epsion`` must not silently fall back to the
+    default) unless they start with ``x-``, kept in ``extra`` for experiments.
+    """
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, raw in run_config.items():
+        if key.startswith("x-"):
+            extra[key] = raw
+            continue
+        f = _FIELDS.get(key)
+        if f is None:
+            close = sorted(k for k in _FIELDS if k.split("-")[0] == key.split("-")[0])
+            hint = f"; did you mean {', '.join(repr(k) for k in close)}?" if close else ""
+            raise ConfigError(f"unknown run-config key '{key}'{hint}")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        values[f.name] = _coerce(key, raw, default)
+    return validate(RunConfig(**values, extra=extra))
