@@ -1,0 +1,1 @@
+"""Simulation harness: client partitions of public datasets, experiment sweeps, benchmarks."""

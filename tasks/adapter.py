@@ -1,0 +1,64 @@
+"""Moving the trainable part (LoRA tensors + head) in and out of a model, strictly.
+
+PEFT's ``set_peft_model_state_dict`` loads with ``strict=False`` and silently ignores keys it does
+not know; a renamed module would then train from scratch every round without anyone noticing. Here
+a missing or unexpected key, or a wrong shape, is an error.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter state does not fit the model it is loaded into."""
+
+
+def unwrap(model) -> PeftModel:
+    """The PEFT model inside an Opacus ``GradSampleModule`` (or the model itself)."""
+    return getattr(model, "_module", model)
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    state = get_peft_model_state_dict(unwrap(model))
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def check_adapter_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise AdapterMismatchError(
+            f"adapter keys do not match the model: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}"
+        )
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise AdapterMismatchError(
+                f"adapter tensor '{key}' has shape {tuple(state[key].shape)}, "
+                f"the model expects {tuple(ref.shape)}"
+            )
+
+
+def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
+    peft_model = unwrap(model)
+    check_adapter_state(adapter_state(peft_model), state)
+    result = set_peft_model_state_dict(peft_model, state)
+    if getattr(result, "unexpected_keys", None):
+        raise AdapterMismatchError(f"PEFT ignored adapter keys {result.unexpected_keys[:5]}")
+
+
+def to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord(torch_state_dict=state)
+
+
+def from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return dict(record.to_torch_state_dict())
+
+
+def num_bytes(record: ArrayRecord) -> int:
+    """Payload bytes of the tensors (what travels, without framing)."""
+    return int(sum(a.numpy().nbytes for a in record.values()))

