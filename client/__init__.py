@@ -1,0 +1,1 @@
+"""ClientApp: train/evaluate handlers and the local DP-SGD trainer."""

@@ -1,0 +1,90 @@
+"""Local training of the adapter: DP-SGD through Opacus, or plain SGD for the ``dp=off`` baseline.
+
+One ``PrivacyEngine`` per call (Flower may start a fresh process per message), seeded with the
+client's accountant history so that epsilon composes over every round this client trained in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from torch.utils.data import DataLoader
+
+from config import RunConfig
+from privacy.accounting import PrivacyState, merge_history
+from privacy.calibration import sample_rate, steps_per_round
+from tasks.batching import PadCollator, TokenizedDataset
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    train_loss: float
+    steps: int
+    num_examples: int
+
+
+def _batches(loader, steps: int):
+    """Yield exactly ``steps`` batches, cycling over the loader (fractional or multiple epochs)."""
+    done = 0
+    while done < steps:
+        for batch in loader:
+            yield batch
+            done += 1
+            if done == steps:
+                return
+
+
+def _is_empty(batch) -> bool:
+    return not batch or batch["labels"].numel() == 0
+
+
+def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunConfig,
+                state: PrivacyState, seed: int) -> LocalResult:
+    """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps."""
+    n = len(dataset)
+    steps = steps_per_round(n, cfg.batch_size, cfg.local_epochs)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # LoRA dropout
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not cfg.dp_enabled,
+                        collate_fn=PadCollator(pad_token_id), generator=generator)
+    engine = None
+    model.train()
+    if cfg.dp_enabled:
+        engine = PrivacyEngine(accountant=cfg.accountant)
+        engine.accountant.history = list(state.history)
+        model, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=state.noise_multiplier,
+            max_grad_norm=cfg.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=generator,
+        )
+        q = sample_rate(n, cfg.batch_size)
+        assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
+    losses = []
+    try:
+        for batch in _batches(loader, steps):
+            if _is_empty(batch):
+                # Nothing to learn from, but the step still counts against the budget.
+                if engine is not None:
+                    engine.accountant.step(noise_multiplier=state.noise_multiplier,
+                                           sample_rate=sample_rate(n, cfg.batch_size))
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        if engine is not None:
+            state.history = merge_history(engine.accountant.history)
+            model._close()  # drop Opacus hooks; the PEFT model lives on without them
+    return LocalResult(
+        train_loss=sum(losses) / max(len(losses), 1), steps=steps, num_examples=n
+    )

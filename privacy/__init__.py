@@ -1,0 +1,1 @@
+"""Privacy: noise calibration, cumulative accounting per client, and the privacy-budget report."""
