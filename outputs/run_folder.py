@@ -1,0 +1,74 @@
+"""The run folder contract (``runs/<name>/``), which other tools read exactly.
+
+``config.json``, ``partitions.json`` + ``.png``, ``metrics.jsonl`` (one line per evaluated round),
+``checkpoints/round-NNN/`` and ``final/`` (PEFT adapters), ``privacy/report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from config import ConfigError, RunConfig
+from outputs.atomic import append_line, replace_dir, write_json
+from outputs.plots import partitions_png
+
+
+class RunFolder:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    @classmethod
+    def create(cls, cfg: RunConfig) -> RunFolder:
+        """Make a fresh run folder; an existing run is never overwritten."""
+        name = cfg.output_dir or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        folder = cls(name)
+        if folder.metrics_path.exists():
+            raise ConfigError(
+                f"run-config key 'output-dir': {folder.root} already holds a run "
+                "(metrics.jsonl exists); choose a new output-dir"
+            )
+        folder.root.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    config_path = property(lambda self: self.root / "config.json")
+    metrics_path = property(lambda self: self.root / "metrics.jsonl")
+    partitions_path = property(lambda self: self.root / "partitions.json")
+    final_dir = property(lambda self: self.root / "final")
+    privacy_dir = property(lambda self: self.root / "privacy")
+    privacy_report_path = property(lambda self: self.root / "privacy" / "report.json")
+
+    def checkpoint_dir(self, server_round: int) -> Path:
+        return self.root / "checkpoints" / f"round-{server_round:03d}"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_json(self.config_path, config)
+
+    def write_partitions(self, rows: list[dict], labels: tuple[str, ...], source: str) -> None:
+        write_json(self.partitions_path, {"source": source, "labels": list(labels),
+                                          "partitions": rows})
+        partitions_png(self.root / "partitions.png", rows, labels)
+
+    def append_metrics(self, line: dict[str, Any]) -> None:
+        append_line(self.metrics_path, json.dumps(line, allow_nan=False))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+
+    def save_adapter(self, peft_model, target: Path) -> None:
+        """``save_pretrained`` into a temp folder, then swap it in whole."""
+        tmp = target.with_name(f".{target.name}.tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        peft_model.save_pretrained(str(tmp))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        replace_dir(tmp, target)
+
+    def write_privacy_report(self, report: dict[str, Any]) -> None:
+        write_json(self.privacy_report_path, report)

@@ -1,0 +1,1 @@
+"""ServerApp: run setup, the round loop through a strategy, central evaluation, outputs."""

@@ -1,0 +1,60 @@
+"""What the server does after every round: evaluate centrally, checkpoint, log, report privacy.
+
+It is the ``evaluate_fn`` of ``Strategy.start``, which Flower calls at round 0 and after every
+round, with the new global adapter: the natural point at which everything about a round is known.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from logging import INFO
+
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.supercore import log
+
+from config import RunConfig
+from outputs.run_folder import RunFolder
+from privacy.report import build_report
+from strategies.round_log import RoundLog
+from tasks.adapter import from_arrays, load_adapter_state
+from tasks.batching import TokenizedDataset
+from tasks.evaluation import evaluate
+
+
+class RoundEnd:
+    def __init__(self, cfg: RunConfig, run: RunFolder, model, eval_set: TokenizedDataset,
+                 pad_token_id: int, num_labels: int, rounds: dict[int, RoundLog],
+                 partitions: list[dict]):
+        self.cfg, self.run, self.model = cfg, run, model
+        self.eval_set, self.pad_token_id, self.num_labels = eval_set, pad_token_id, num_labels
+        self.rounds, self.partitions = rounds, partitions
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_adapter_state(self.model, from_arrays(arrays))
+        metrics = evaluate(self.model, self.eval_set, self.pad_token_id,
+                           self.cfg.eval_batch_size, self.num_labels)
+        line: dict = {"round": server_round, **metrics}
+        if server_round > 0:
+            self.run.save_adapter(self.model, self.run.checkpoint_dir(server_round))
+            rlog = self.rounds.get(server_round, RoundLog())
+            eps = [float(r["epsilon"]) for r in rlog.replies]
+            line.update({
+                "train_loss": rlog.train_loss,
+                "clients": rlog.clients,
+                "sampled": rlog.sampled,
+                "bytes_up": rlog.bytes_up,
+                "bytes_down": rlog.bytes_down,
+                "epsilon_max": max(eps) if eps and all(map(math.isfinite, eps)) else None,
+                "failures": rlog.failures,
+            })
+            self.run.write_privacy_report(build_report(self.cfg, self.partitions, self.rounds))
+        now = time.monotonic()
+        line["wall_s"] = round(now - self.last, 3)
+        line["elapsed_s"] = round(now - self.started, 3)
+        self.last = now
+        self.run.append_metrics(line)
+        log(INFO, "round %s: %s", server_round,
+            {k: v for k, v in line.items() if k in ("accuracy", "loss", "epsilon_max", "wall_s")})
+        return MetricRecord({k: float(v) for k, v in metrics.items()})

@@ -1,0 +1,1 @@
+"""LoRA-aware aggregation strategies, picked by name from one registry."""

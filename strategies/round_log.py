@@ -1,0 +1,20 @@
+"""What a strategy saw in one training round, for ``metrics.jsonl`` and the privacy report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RoundLog:
+    sampled: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    train_loss: float | None = None
+    replies: list[dict[str, Any]] = field(default_factory=list)  # node id + reply metrics
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {"node", "reason"}
+
+    @property
+    def clients(self) -> int:
+        return len(self.replies)
