@@ -1,0 +1,42 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from fixtures import make_tiny_bert, make_toy_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    return make_toy_dataset(tmp_path_factory.mktemp("toy-data"))
+
+
+@pytest.fixture
+def base_config(tiny_model, toy_data, tmp_path) -> dict:
+    """Run-config overrides for a seconds-long run on the tiny model and the toy data."""
+    return {
+        "model": str(tiny_model),
+        "dataset": str(toy_data),
+        "max-train-samples": 0,
+        "max-length": 32,
+        "num-server-rounds": 2,
+        "batch-size": 16,
+        "lr": 0.01,
+        "target-epsilon": 8.0,
+        "delta": 1e-3,
+        "min-clients": 2,
+        "output-dir": str(tmp_path / "run"),
+    }

@@ -1,0 +1,52 @@
+"""Offline test material: a tiny random BERT with its own tokenizer, and a learnable toy dataset."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+POSITIVE = ["good", "great", "excellent", "lovely", "superb"]
+NEGATIVE = ["bad", "awful", "terrible", "boring", "dull"]
+FILLER = ["the", "movie", "film", "was", "plot", "acting", "really", "quite", "very", "a",
+          "story", "and", "its", "cast", "ending", "music", "scenes", "overall"]
+
+
+def make_tiny_bert(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT (random weights) and a WordPiece tokenizer over the toy words."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def toy_rows(n: int, seed: int, num_labels: int = 2) -> list[dict]:
+    """Sentences labelled by the one sentiment word among filler words (learnable, not trivial)."""
+    rng = random.Random(seed)
+    words = [NEGATIVE, POSITIVE] if num_labels == 2 else [NEGATIVE, POSITIVE, ["very"]][:num_labels]
+    rows = []
+    for _ in range(n):
+        label = rng.randrange(num_labels)
+        body = rng.sample(FILLER, rng.randint(3, 8))
+        body.insert(rng.randrange(len(body) + 1), rng.choice(words[label]))
+        rows.append({"text": " ".join(body), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_toy_dataset(folder: Path, n_train: int = 600, n_eval: int = 120) -> Path:
+    write_jsonl(folder / "train.jsonl", toy_rows(n_train, seed=1))
+    write_jsonl(folder / "validation.jsonl", toy_rows(n_eval, seed=2))
+    return folder

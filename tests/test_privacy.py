@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from client.trainer import train_local
+from config import ConfigError, from_run_config
+from privacy.accounting import PrivacyState, epsilon
+from privacy.calibration import calibrate, check_delta, planned_steps, sample_rate
+from tasks.adapter import adapter_state
+from tasks.batching import TokenizedDataset
+from tasks.data import load_splits
+from tasks.model import build_model, load_tokenizer
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize(("n", "batch", "rounds", "target"),
+                         [(2000, 64, 3, 8.0), (500, 32, 5, 2.0), (6700, 64, 4, 1.0)])
+def test_calibrated_noise_spends_the_target_within_5_percent(accountant, n, batch, rounds,
+                                                             target):
+    cfg = from_run_config({"accountant": accountant, "batch-size": batch, "delta": 1e-5,
+                           "num-server-rounds": rounds, "target-epsilon": target})
+    sigma = calibrate(cfg, n)
+    steps = planned_steps(cfg, n)
+    eps = epsilon([(sigma, sample_rate(n, batch), steps)], 1e-5, accountant)
+    assert eps <= target
+    assert eps >= 0.95 * target
+
+
+def test_delta_must_be_below_one_over_n():
+    with pytest.raises(ConfigError, match=r"'delta' = 0.01 must be below 1/n"):
+        check_delta(0.01, 150, "client 3")
+
+
+@pytest.fixture
+def local_setup(tiny_model, toy_data):
+    cfg = from_run_config({"model": str(tiny_model), "dataset": str(toy_data),
+                           "max-train-samples": 200, "batch-size": 16, "num-server-rounds": 3,
+                           "delta": 1e-3, "lr": 0.05, "max-length": 32})
+    splits = load_splits(cfg)
+    tok = load_tokenizer(cfg)
+    rows = TokenizedDataset.from_texts(tok, splits.train["text"], splits.train["label"], 32)
+    return cfg, rows, tok.pad_token_id
+
+
+def test_epsilon_accumulates_across_rounds_and_never_resets(local_setup):
+    cfg, rows, pad = local_setup
+    n = len(rows)
+    state = PrivacyState(noise_multiplier=calibrate(cfg, n), sample_rate=sample_rate(n, 16))
+    eps = []
+    for server_round in (1, 2, 3):
+        model = build_model(cfg, 2)  # fresh model and PrivacyEngine every round, as in Flower
+        train_local(model, rows, pad, cfg, state, seed=server_round)
+        state = PrivacyState.from_record(state.to_record())  # through context.state
+        eps.append(epsilon(state.history, cfg.delta, cfg.accountant))
+    assert eps[0] < eps[1] < eps[2]
+    assert state.total_steps == planned_steps(cfg, n)
+    assert eps[2] <= cfg.target_epsilon and eps[2] >= 0.95 * cfg.target_epsilon
+    one_shot = epsilon([(state.noise_multiplier, state.sample_rate, state.total_steps)],
+                       cfg.delta, cfg.accountant)
+    assert eps[2] == pytest.approx(one_shot, rel=1e-6)
+
+
+def test_lora_weights_change_after_a_dp_step(local_setup):
+    """Opacus issue 820: with some PEFT versions LoRA weights silently never update under DP."""
+    cfg, rows, pad = local_setup
+    model = build_model(cfg, 2)
+    before = adapter_state(model)
+    state = PrivacyState(noise_multiplier=1.0, sample_rate=sample_rate(len(rows), 16))
+    train_local(model, rows, pad, cfg, state, seed=0)
+    after = adapter_state(model)
+    for kind in ("lora_A", "lora_B", "classifier"):
+        keys = [k for k in before if kind in k]
+        assert keys and all(not torch.equal(before[k], after[k]) for k in keys), kind
+    assert state.total_steps > 0
