@@ -49,6 +49,8 @@ class RoundEnd:
                 "epsilon_max": max(eps) if eps and all(map(math.isfinite, eps)) else None,
                 "failures": rlog.failures,
             })
+            if rlog.client_eval is not None:
+                line["client_eval"] = rlog.client_eval
             self.run.write_privacy_report(build_report(self.cfg, self.partitions, self.rounds))
         now = time.monotonic()
         line["wall_s"] = round(now - self.last, 3)

@@ -75,3 +75,12 @@ class LoraFedAvg(FedAvg):
         if any(math.isinf(e) for e in eps):
             log(WARNING, "round %s: trained without DP (epsilon = inf)", server_round)
         return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self.rounds.setdefault(server_round, RoundLog()).client_eval = {
+                k: float(v) for k, v in metrics.items() if k != "partition-id"
+            }
+        return metrics

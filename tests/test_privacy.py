@@ -71,3 +71,15 @@ def test_lora_weights_change_after_a_dp_step(local_setup):
         keys = [k for k in before if kind in k]
         assert keys and all(not torch.equal(before[k], after[k]) for k in keys), kind
     assert state.total_steps > 0
+
+
+def test_dp_off_trains_the_same_model_without_spending(local_setup):
+    cfg, rows, pad = local_setup
+    cfg = from_run_config({**cfg.to_dict(), "dp": "off"})
+    model = build_model(cfg, 2)
+    before = adapter_state(model)
+    state = PrivacyState()
+    result = train_local(model, rows, pad, cfg, state, seed=0)
+    after = adapter_state(model)
+    assert result.steps == 13 and state.history == []
+    assert all(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
