@@ -15,7 +15,8 @@ from typing import Any
 
 TASKS = ("seq-cls",)
 AGGREGATIONS = ("fedavg",)
-DP_MODES = ("off", "sample")
+DP_MODES = ("off", "sample", "client", "both")
+CLIENT_DP_SIDES = ("server", "client")
 ACCOUNTANTS = ("prv", "rdp")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 
@@ -59,6 +60,11 @@ class RunConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "prv"
+    planned_rounds: int = 0
+    ledger_dir: str = ""
+    client_noise_multiplier: float = 1.0
+    client_clipping_norm: float = 1.0
+    client_dp_side: str = "server"
     partitioner: str = "iid"
     dirichlet_alpha: float = 0.5
     classes_per_client: int = 1
@@ -70,7 +76,13 @@ class RunConfig:
 
     @property
     def dp_enabled(self) -> bool:
-        return self.dp != "off"
+        """Sample-level DP-SGD on each client (``sample`` or ``both``)."""
+        return self.dp in ("sample", "both")
+
+    @property
+    def client_dp_enabled(self) -> bool:
+        """Client-level DP-FedAvg on the server (``client`` or ``both``)."""
+        return self.dp in ("client", "both")
 
     def to_dict(self) -> dict[str, Any]:
         """Settings under their run-config key names, as written to ``config.json``."""
@@ -137,6 +149,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     choice("aggregation", cfg.aggregation, AGGREGATIONS)
     choice("dp", cfg.dp, DP_MODES)
     choice("accountant", cfg.accountant, ACCOUNTANTS)
+    choice("client-dp-side", cfg.client_dp_side, CLIENT_DP_SIDES)
+    _check(cfg.planned_rounds >= 0, "planned-rounds", cfg.planned_rounds,
+           "must be >= 0 (0 = num-server-rounds)")
+    positive("client-noise-multiplier", cfg.client_noise_multiplier)
+    positive("client-clipping-norm", cfg.client_clipping_norm)
     choice("partitioner", cfg.partitioner, PARTITIONERS)
     _check(bool(cfg.model.strip()), "model", cfg.model, "give a local folder or a hub id")
     _check(bool(cfg.dataset.strip()), "dataset", cfg.dataset,

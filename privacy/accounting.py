@@ -41,10 +41,12 @@ class PrivacyState:
     history: History = field(default_factory=list)
     rounds_trained: int = 0
     rounds_refused: int = 0
+    exhausted: bool = False
+    plain_steps: int = 0  # steps trained without DP (dp=off): counted, never accounted
 
     @property
     def total_steps(self) -> int:
-        return sum(n for _, _, n in self.history)
+        return sum(n for _, _, n in self.history) + self.plain_steps
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({
@@ -55,6 +57,8 @@ class PrivacyState:
             "history-steps": [int(n) for _, _, n in self.history],
             "rounds-trained": self.rounds_trained,
             "rounds-refused": self.rounds_refused,
+            "exhausted": self.exhausted,
+            "plain-steps": self.plain_steps,
         })
 
     @classmethod
@@ -71,4 +75,6 @@ class PrivacyState:
             history=[(float(s), float(q), int(n)) for s, q, n in history],
             rounds_trained=int(record["rounds-trained"]),
             rounds_refused=int(record.get("rounds-refused", 0)),
+            exhausted=bool(record.get("exhausted", False)),
+            plain_steps=int(record.get("plain-steps", 0)),
         )

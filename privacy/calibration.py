@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 
-from opacus.accountants.utils import get_noise_multiplier
+from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
 from config import ConfigError, RunConfig
+from privacy.accounting import History, epsilon
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:
@@ -28,8 +29,9 @@ def steps_per_round(num_examples: int, batch_size: int, local_epochs: float) -> 
 
 
 def planned_steps(cfg: RunConfig, num_examples: int) -> int:
-    """Every round is planned for, since any round may sample this client."""
-    return cfg.num_server_rounds * steps_per_round(num_examples, cfg.batch_size, cfg.local_epochs)
+    """Every round is planned for (any round may sample this client) unless ``planned-rounds``."""
+    rounds = cfg.planned_rounds or cfg.num_server_rounds
+    return rounds * steps_per_round(num_examples, cfg.batch_size, cfg.local_epochs)
 
 
 def check_delta(delta: float, num_examples: int, who: str = "a client") -> None:
@@ -66,12 +68,52 @@ def noise_multiplier(
         ) from exc
 
 
-def calibrate(cfg: RunConfig, num_examples: int) -> float:
+def noise_multiplier_after(
+    prior: History, *, target_epsilon: float, delta: float, q: float, steps: int,
+    accountant: str, tolerance: float = 0.01,
+) -> float | None:
+    """Smallest sigma such that ``prior`` + ``steps`` more steps stay within the target.
+
+    Opacus's ``get_noise_multiplier`` knows only a fresh start; a client that already spent part of
+    its budget (its ledger, an earlier run) needs the same search over the composed history. Same
+    doubling-then-bisection, same tolerance. ``None`` when the prior spend leaves nothing to plan.
+    """
+    if epsilon(prior, delta, accountant) >= target_epsilon - tolerance:
+        return None
+    low, high = 0.0, 10.0
+    while epsilon([*prior, (high, q, steps)], delta, accountant) > target_epsilon:
+        high *= 2
+        if high > MAX_SIGMA:
+            return None
+    eps_high = epsilon([*prior, (high, q, steps)], delta, accountant)
+    while target_epsilon - eps_high > tolerance:
+        mid = (low + high) / 2
+        eps = epsilon([*prior, (mid, q, steps)], delta, accountant)
+        if eps < target_epsilon:
+            high, eps_high = mid, eps
+        else:
+            low = mid
+        if high - low < 1e-6:
+            break
+    return high
+
+
+def calibrate(cfg: RunConfig, num_examples: int, prior: History | None = None,
+              budget: float | None = None) -> float | None:
+    """Noise for this run's planned steps; ``prior`` spend (from the ledger) is composed in."""
+    target = cfg.target_epsilon if budget is None else budget
+    steps = planned_steps(cfg, num_examples)
+    if prior:
+        check_delta(cfg.delta, num_examples)
+        return noise_multiplier_after(
+            prior, target_epsilon=target, delta=cfg.delta,
+            q=sample_rate(num_examples, cfg.batch_size), steps=steps, accountant=cfg.accountant,
+        )
     return noise_multiplier(
-        target_epsilon=cfg.target_epsilon,
+        target_epsilon=target,
         delta=cfg.delta,
         num_examples=num_examples,
         batch_size=cfg.batch_size,
-        steps=planned_steps(cfg, num_examples),
+        steps=steps,
         accountant=cfg.accountant,
     )

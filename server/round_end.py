@@ -48,6 +48,8 @@ class RoundEnd:
                 "bytes_down": rlog.bytes_down,
                 "epsilon_max": max(eps) if eps and all(map(math.isfinite, eps)) else None,
                 "failures": rlog.failures,
+                "refused": [{"node": r["node"], "partition_id": int(r["partition-id"]),
+                             "reason": r["reason"]} for r in rlog.refused],
             })
             if rlog.client_eval is not None:
                 line["client_eval"] = rlog.client_eval

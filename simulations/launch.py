@@ -60,6 +60,10 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -
     raise RuntimeError(f"flower-superlink did not open 127.0.0.1:{port} within {timeout_s}s")
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM the group (SuperLink, SuperExec, simulation, Ray), then SIGKILL what is left."""
     if proc.poll() is not None:
@@ -120,6 +124,8 @@ def run_simulation(
            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
            "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0"}
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    # SIGTERM (a CI timeout, `kill`) must still run the cleanup below, as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     superlink = subprocess.Popen(
         ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
          "--host", "127.0.0.1", "--port", str(port),
@@ -141,6 +147,7 @@ def run_simulation(
         return 0 if _runs_completed(env, project) else 1
     finally:
         stop_process_group(superlink)
+        signal.signal(signal.SIGTERM, previous)
         if log:
             log.close()
 

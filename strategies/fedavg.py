@@ -3,6 +3,8 @@
 Flower's FedAvg does the weighted mean; this subclass adds what a DP-LoRA run needs around it: a
 round with fewer valid replies than ``min-clients`` stops the run (Flower would carry on with an
 empty model), and each round's bytes, replies and failures are logged for the run folder.
+A client that refuses a round because its privacy budget is spent is not a failure: it is left
+out, and a round that only refusals leave short of ``min-clients`` keeps the global adapter.
 """
 
 from __future__ import annotations
@@ -26,8 +28,18 @@ class TooFewRepliesError(RuntimeError):
 
 
 def _reply_metrics(msg: Message) -> dict:
+    """Node id, reply metrics and, when sent, the client's accountant history (for the report)."""
     metrics = next(iter(msg.content.metric_records.values()))
-    return {"node": int(msg.metadata.src_node_id), **dict(metrics)}
+    out = {"node": int(msg.metadata.src_node_id), **dict(metrics)}
+    privacy = msg.content.config_records.get("privacy")
+    if privacy is not None:
+        out["history"] = [(float(s), float(q), int(n)) for s, q, n in zip(
+            privacy["history-sigma"], privacy["history-q"], privacy["history-steps"], strict=True)]
+    return out
+
+
+def is_refusal(msg: Message) -> bool:
+    return not msg.has_error() and "refusal" in msg.content.config_records
 
 
 class LoraFedAvg(FedAvg):
@@ -48,7 +60,14 @@ class LoraFedAvg(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         log_ = self.rounds.setdefault(server_round, RoundLog())
-        valid, errors = self._check_and_log_replies(replies, is_train=True)
+        refusals = [m for m in replies if is_refusal(m)]
+        log_.refused = [{**_reply_metrics(m), "reason": m.content["refusal"]["reason"]}
+                        for m in refusals]
+        for r in log_.refused:
+            log(WARNING, "round %s: client %s refused: %s", server_round, r["partition-id"],
+                r["reason"])
+        valid, errors = self._check_and_log_replies(
+            [m for m in replies if not is_refusal(m)], is_train=True)
         log_.failures = [
             {"node": int(m.metadata.src_node_id), "reason": m.error.reason} for m in errors
         ]
@@ -56,6 +75,11 @@ class LoraFedAvg(FedAvg):
         if missing > 0:
             log_.failures.append({"node": None, "reason": f"{missing} sampled client(s) did not "
                                                           "reply before the timeout"})
+        if len(valid) < self.min_replies and len(valid) + len(refusals) >= self.min_replies:
+            log(WARNING, "round %s: %s valid replies, %s budget refusals: global adapter kept",
+                server_round, len(valid), len(refusals))
+            log_.replies = [_reply_metrics(m) for m in valid]
+            return None, None
         if len(valid) < self.min_replies:
             reasons = "; ".join(f"node {f['node']}: {f['reason']}" for f in log_.failures)
             raise TooFewRepliesError(

@@ -14,6 +14,7 @@ class RoundLog:
     train_loss: float | None = None
     replies: list[dict[str, Any]] = field(default_factory=list)  # node id + reply metrics
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"node", "reason"}
+    refused: list[dict[str, Any]] = field(default_factory=list)  # budget refusals: metrics+reason
     client_eval: dict[str, float] | None = None  # weighted federated evaluation, if any
 
     @property

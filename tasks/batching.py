@@ -13,16 +13,19 @@ from torch.utils.data import Dataset
 class TokenizedDataset(Dataset):
     """Variable-length token ids with an integer label per row."""
 
-    def __init__(self, input_ids: list[list[int]], labels: list[int]):
+    def __init__(self, input_ids: list[list[int]], labels: list[int],
+                 texts: list[str] | None = None):
         if len(input_ids) != len(labels):
             raise ValueError("input_ids and labels differ in length")
         self.input_ids = input_ids
         self.labels = labels
+        self.texts = texts  # the raw rows, for the privacy ledger's data fingerprint
 
     @classmethod
     def from_texts(cls, tokenizer, texts: list[str], labels: list[int], max_length: int):
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-        return cls(encoded["input_ids"], list(labels))
+        texts = list(texts)
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
+        return cls(encoded["input_ids"], list(labels), texts)
 
     def __len__(self) -> int:
         return len(self.labels)
