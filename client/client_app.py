@@ -13,11 +13,12 @@ from privacy.accounting import PrivacyState, epsilon
 from privacy.budget import ClientBudget
 from privacy.calibration import sample_rate
 from privacy.ledger import Ledger, fingerprint
+from strategies.client_dp import UNIT_WEIGHT, client_clipping_mod
 from tasks.adapter import adapter_state, from_arrays, load_adapter_state, to_arrays
 from tasks.evaluation import evaluate
 from tasks.model import build_model
 
-app = ClientApp()
+app = ClientApp(mods=[client_clipping_mod])
 
 
 def _setup(msg: Message, context: Context, split: str):
@@ -53,6 +54,7 @@ def _metrics(pid: int, n: int, state: PrivacyState, cfg, train_loss: float, step
         "rounds-refused": state.rounds_refused,
         "partition-id": pid,
         "dataset-size": n,
+        UNIT_WEIGHT: 0 if refused else 1,
     })
 
 

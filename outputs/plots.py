@@ -37,3 +37,26 @@ def partitions_png(path: str | Path, rows: list[dict], labels: tuple[str, ...]) 
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     write_bytes(path, buf.getvalue())
+
+
+def epsilon_png(path: str | Path, report: dict) -> None:
+    """Cumulative epsilon per client per round, against the target."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for c in report["clients"]:
+        ys = [y for y in c.get("epsilon_per_round", [])]
+        if ys and any(y is not None for y in ys):
+            ax.plot(range(1, len(ys) + 1), [y if y is not None else float("nan") for y in ys],
+                    marker="o", linewidth=1, label=f"client {c['partition_id']}")
+    if report.get("target_epsilon"):
+        ax.axhline(report["target_epsilon"], color="black", linestyle="--", label="target")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"epsilon (delta={report.get('delta', 0):g})")
+    ax.set_title("Cumulative privacy spend per client")
+    if len(report["clients"]) <= 12:
+        ax.legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())

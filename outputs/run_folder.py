@@ -71,4 +71,8 @@ class RunFolder:
         replace_dir(tmp, target)
 
     def write_privacy_report(self, report: dict[str, Any]) -> None:
+        """``report.json`` for machines, then ``report.md`` + ``epsilon.png`` for people."""
+        from privacy.report_md import write_human_report
+
         write_json(self.privacy_report_path, report)
+        write_human_report(self.privacy_dir, report)

@@ -15,7 +15,9 @@ from flwr.supercore import log
 
 from config import RunConfig
 from outputs.run_folder import RunFolder
+from privacy.client_level import client_level_report
 from privacy.report import build_report
+from strategies.client_dp import sampled_per_round
 from strategies.round_log import RoundLog
 from tasks.adapter import from_arrays, load_adapter_state
 from tasks.batching import TokenizedDataset
@@ -25,14 +27,25 @@ from tasks.evaluation import evaluate
 class RoundEnd:
     def __init__(self, cfg: RunConfig, run: RunFolder, model, eval_set: TokenizedDataset,
                  pad_token_id: int, num_labels: int, rounds: dict[int, RoundLog],
-                 partitions: list[dict]):
+                 partitions: list[dict], num_clients: int):
         self.cfg, self.run, self.model = cfg, run, model
         self.eval_set, self.pad_token_id, self.num_labels = eval_set, pad_token_id, num_labels
-        self.rounds, self.partitions = rounds, partitions
+        self.rounds, self.partitions, self.num_clients = rounds, partitions, num_clients
         self.started = self.last = time.monotonic()
+
+    def _client_level(self, server_round: int) -> dict | None:
+        if not self.cfg.client_dp_enabled:
+            return None
+        released = sum(1 for r, log_ in self.rounds.items() if r <= server_round and log_.released)
+        return client_level_report(
+            noise_multiplier=self.cfg.client_noise_multiplier,
+            clipping_norm=self.cfg.client_clipping_norm,
+            sampled=sampled_per_round(self.cfg, self.num_clients), population=self.num_clients,
+            rounds=released, delta=self.cfg.delta, side=self.cfg.client_dp_side)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_adapter_state(self.model, from_arrays(arrays))
+        self.latest = arrays  # Flower's Result.arrays stays empty if no round released one
         metrics = evaluate(self.model, self.eval_set, self.pad_token_id,
                            self.cfg.eval_batch_size, self.num_labels)
         line: dict = {"round": server_round, **metrics}
@@ -53,7 +66,8 @@ class RoundEnd:
             })
             if rlog.client_eval is not None:
                 line["client_eval"] = rlog.client_eval
-            self.run.write_privacy_report(build_report(self.cfg, self.partitions, self.rounds))
+            self.run.write_privacy_report(build_report(
+                self.cfg, self.partitions, self.rounds, self._client_level(server_round)))
         now = time.monotonic()
         line["wall_s"] = round(now - self.last, 3)
         line["elapsed_s"] = round(now - self.started, 3)

@@ -13,7 +13,7 @@ from outputs.run_folder import RunFolder
 from privacy.calibration import check_delta
 from server.round_end import RoundEnd
 from simulations.partitioning import describe
-from strategies.registry import build_strategy
+from strategies.registry import build_strategy, innermost
 from tasks.adapter import adapter_state, from_arrays, load_adapter_state, to_arrays
 from tasks.batching import TokenizedDataset
 from tasks.data import load_splits
@@ -55,16 +55,16 @@ def main(grid: Grid, context: Context) -> None:
     tokenizer = load_tokenizer(cfg)
     eval_set = TokenizedDataset.from_texts(tokenizer, splits.eval["text"], splits.eval["label"],
                                            cfg.max_length)
-    strategy = build_strategy(cfg)
+    strategy = build_strategy(cfg, num_clients)
     round_end = RoundEnd(cfg, run, model, eval_set, tokenizer.pad_token_id, splits.num_labels,
-                         strategy.rounds, partitions)
-    result = strategy.start(
+                         innermost(strategy).rounds, partitions, num_clients)
+    strategy.start(
         grid=grid,
         initial_arrays=to_arrays(adapter_state(model)),
         num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord({"labels": list(splits.labels)}),
+        train_config=ConfigRecord({"labels": list(splits.labels), "run-key": str(run.root)}),
         evaluate_config=ConfigRecord({"labels": list(splits.labels)}),
         evaluate_fn=round_end,
     )
-    load_adapter_state(model, from_arrays(result.arrays))
+    load_adapter_state(model, from_arrays(round_end.latest))
     run.save_adapter(model, run.final_dir)

@@ -93,6 +93,7 @@ class LoraFedAvg(FedAvg):
         losses = [float(r["train-loss"]) for r in log_.replies]
         log_.train_loss = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
         arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
+        log_.released = True
         eps = [float(r["epsilon"]) for r in log_.replies]
         metrics = MetricRecord({"train-loss": log_.train_loss,
                                 "epsilon-max": max(eps) if eps else 0.0})

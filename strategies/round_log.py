@@ -16,6 +16,7 @@ class RoundLog:
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"node", "reason"}
     refused: list[dict[str, Any]] = field(default_factory=list)  # budget refusals: metrics+reason
     client_eval: dict[str, float] | None = None  # weighted federated evaluation, if any
+    released: bool = False  # a new global adapter came out of this round
 
     @property
     def clients(self) -> int:
