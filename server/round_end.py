@@ -67,7 +67,8 @@ class RoundEnd:
             if rlog.client_eval is not None:
                 line["client_eval"] = rlog.client_eval
             self.run.write_privacy_report(build_report(
-                self.cfg, self.partitions, self.rounds, self._client_level(server_round)))
+                self.cfg, self.partitions, self.rounds, self._client_level(server_round),
+                crosscheck_now=server_round == self.cfg.num_server_rounds))
         now = time.monotonic()
         line["wall_s"] = round(now - self.last, 3)
         line["elapsed_s"] = round(now - self.started, 3)
