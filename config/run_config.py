@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TASKS = ("seq-cls",)
-AGGREGATIONS = ("fedavg",)
+AGGREGATIONS = ("fedavg", "ffa", "hetero-rank")
+SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
 DP_MODES = ("off", "sample")
 ACCOUNTANTS = ("prv", "rdp")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
@@ -46,6 +47,12 @@ class RunConfig:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("query", "value")
     aggregation: str = "fedavg"
+    hetero_ranks: tuple[str, ...] = ("2", "4", "8")
+    server_optimizer: str = "none"
+    server_lr: float = 0.0
+    server_momentum: float = 0.9
+    proximal_mu: float = 0.0
+    max_update_norm: float = 0.0
     num_server_rounds: int = 3
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
@@ -71,6 +78,11 @@ class RunConfig:
     @property
     def dp_enabled(self) -> bool:
         return self.dp != "off"
+
+    @property
+    def rank_rule(self) -> tuple[int, ...]:
+        """``hetero-ranks`` as integers (validated), cycled over partition ids."""
+        return tuple(int(r) for r in self.hetero_ranks)
 
     def to_dict(self) -> dict[str, Any]:
         """Settings under their run-config key names, as written to ``config.json``."""
@@ -135,6 +147,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     choice("task", cfg.task, TASKS)
     choice("aggregation", cfg.aggregation, AGGREGATIONS)
+    choice("server-optimizer", cfg.server_optimizer, SERVER_OPTIMIZERS)
     choice("dp", cfg.dp, DP_MODES)
     choice("accountant", cfg.accountant, ACCOUNTANTS)
     choice("partitioner", cfg.partitioner, PARTITIONERS)
@@ -150,6 +163,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(0.0 <= cfg.lora_dropout < 1.0, "lora-dropout", cfg.lora_dropout, "must be in [0, 1)")
     _check(len(cfg.lora_targets) > 0, "lora-targets", ",".join(cfg.lora_targets),
            "name at least one module, e.g. 'query,value'")
+    _check(all(r.isdigit() and int(r) >= 1 for r in cfg.hetero_ranks), "hetero-ranks",
+           ",".join(cfg.hetero_ranks), "give comma-separated integers >= 1, e.g. '2,4,8' "
+           "(empty: every client uses lora-r)")
+    positive("server-lr", cfg.server_lr, strict=False)
+    _check(0.0 <= cfg.server_momentum < 1.0, "server-momentum", cfg.server_momentum,
+           "must be in [0, 1)")
+    positive("proximal-mu", cfg.proximal_mu, strict=False)
+    positive("max-update-norm", cfg.max_update_norm, strict=False)
     _check(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, "must be >= 1")
     _check(0.0 < cfg.fraction_train <= 1.0, "fraction-train", cfg.fraction_train,
            "must be in (0, 1]")
