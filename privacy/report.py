@@ -7,6 +7,9 @@ from typing import Any
 
 from config import RunConfig
 
+_REPLY_KEYS = ("partition-id", "num-examples", "noise-multiplier", "sample-rate", "total-steps",
+               "rounds-trained", "epsilon")
+
 
 def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
@@ -17,7 +20,8 @@ def build_report(cfg: RunConfig, partitions: list[dict],
     """Latest cumulative spend per client from the training replies of every round so far.
 
     Clients report their cumulative epsilon; the latest reply of a client is its total. Clients
-    never sampled spent nothing and are listed with ``rounds_trained = 0``.
+    never sampled spent nothing and are listed with ``rounds_trained = 0``. Replies the server
+    rejected count too: their update was dropped after the client had spent the privacy.
     """
     clients: dict[int, dict[str, Any]] = {
         p["partition_id"]: {
@@ -28,7 +32,10 @@ def build_report(cfg: RunConfig, partitions: list[dict],
         for p in partitions
     }
     for server_round in sorted(rounds):
-        for reply in rounds[server_round].replies:
+        rlog = rounds[server_round]
+        for reply in rlog.replies + rlog.rejected_replies:
+            if not all(k in reply for k in _REPLY_KEYS):
+                continue  # a malformed (rejected) reply: nothing trustworthy to report
             pid = int(reply["partition-id"])
             clients[pid] = {
                 "partition_id": pid,
