@@ -11,6 +11,7 @@ say what they send and how they average.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 
@@ -77,19 +78,19 @@ class LoraStrategy(FedAvg):
 
     # --- what subclasses define -------------------------------------------------------------
 
+    @abstractmethod
     def begin_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> None:
         """Take the global adapter Flower passes in (and add to the round's config)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def payloads(self, server_round: int, node_ids: list[int], grid: Grid
                  ) -> tuple[dict[int, Arrays], list[dict]]:
         """What each sampled node is sent, and ``{"node", "reason"}`` for nodes left out."""
-        raise NotImplementedError
 
+    @abstractmethod
     def aggregate(self, server_round: int, accepted: list[tuple[int, Arrays, float]]
                   ) -> ArrayRecord:
         """The new global adapter from (node, arrays, weight) of the valid replies."""
-        raise NotImplementedError
 
     # --- the round --------------------------------------------------------------------------
 
@@ -106,7 +107,9 @@ class LoraStrategy(FedAvg):
         records: dict[int, ArrayRecord] = {}  # one record per distinct payload, not per node
         messages = []
         for node, payload in payloads.items():
-            record = records.setdefault(id(payload), to_record(payload))
+            if id(payload) not in records:
+                records[id(payload)] = to_record(payload)
+            record = records[id(payload)]
             content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: config})
             messages.append(Message(content=content, message_type=MessageType.TRAIN,
                                     dst_node_id=node))
