@@ -1,37 +1,76 @@
-"""ClientApp: train the global adapter on local data with DP-SGD; evaluate it locally."""
+"""ClientApp: train the global adapter on local data with DP-SGD; evaluate it locally.
+
+Under ``ffa`` the client keeps LoRA A frozen at the seed-shared init and sends only B and the head;
+under ``hetero-rank`` it trains at its own rank (node config ``lora-r`` or the ``hetero-ranks``
+rule) and tells the server that rank through a query message.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.local_data import client_data
+from client.rank import client_rank
 from client.trainer import train_local
-from config import from_run_config
+from config import RunConfig, from_run_config
 from privacy.accounting import PrivacyState, epsilon
 from privacy.budget import ClientBudget
 from privacy.calibration import sample_rate
 from privacy.ledger import Ledger, fingerprint
 from strategies.client_dp import UNIT_WEIGHT, client_clipping_mod
-from tasks.adapter import adapter_state, from_arrays, load_adapter_state, to_arrays
+from tasks.adapter import (
+    AdapterMismatchError,
+    adapter_state,
+    from_arrays,
+    load_adapter_state,
+    to_arrays,
+)
 from tasks.evaluation import evaluate
+from tasks.lora_layout import lora_a_digest, travelling_keys
 from tasks.model import build_model
 
 app = ClientApp(mods=[client_clipping_mod])
 
 
-def _setup(msg: Message, context: Context, split: str):
-    cfg = from_run_config(context.run_config)
+def _data(msg: Message, context: Context, cfg: RunConfig, split: str):
     torch.set_num_threads(cfg.client_threads)
     pid = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
     labels = tuple(msg.content["config"]["labels"])
     rows, pad_id = client_data(cfg, pid, num_partitions, split, labels)
-    return cfg, pid, rows, pad_id, labels
+    return pid, rows, pad_id, labels
 
 
-def _ledger(cfg, context: Context, rows) -> Ledger | None:
+def _model(msg: Message, cfg: RunConfig, num_labels: int, split: str, rank: int | None = None):
+    """A model holding the received adapter, at ``rank`` (this client's own under
+    ``hetero-rank``) or the run's ``lora-r`` (evaluation scores the global adapter)."""
+    model = build_model(dataclasses.replace(cfg, lora_r=rank or cfg.lora_r), num_labels)
+    received = from_arrays(msg.content["arrays"])
+    if split == "train" and cfg.aggregation == "ffa":
+        _check_shared_a(model, str(msg.content["config"].get("lora-a-sha256", "")))
+        load_adapter_state(model, received,
+                           expected_keys=travelling_keys(adapter_state(model), cfg.aggregation))
+    else:
+        load_adapter_state(model, received)
+    return model
+
+
+def _check_shared_a(model, expected: str) -> None:
+    """FFA-LoRA is exact only if this client's frozen A is the server's, bit for bit."""
+    mine = lora_a_digest(adapter_state(model))
+    if expected and mine != expected:
+        raise AdapterMismatchError(
+            f"FFA-LoRA: this client's frozen LoRA A (sha256 {mine[:12]}) differs from the "
+            f"server's ({expected[:12]}); client and server must use the same seed, model and "
+            "torch version"
+        )
+
+
+def _ledger(cfg: RunConfig, context: Context, rows) -> Ledger | None:
     """On real hosts the node config names the ledger folder; in simulation the run config may."""
     folder = context.node_config.get("ledger-dir") or cfg.ledger_dir
     if not folder:
@@ -39,8 +78,8 @@ def _ledger(cfg, context: Context, rows) -> Ledger | None:
     return Ledger.open(folder, fingerprint(rows.texts, rows.labels), len(rows))
 
 
-def _metrics(pid: int, n: int, state: PrivacyState, cfg, train_loss: float, steps: int,
-             eps: float, refused: bool) -> MetricRecord:
+def _metrics(pid: int, n: int, rank: int, state: PrivacyState, cfg: RunConfig,
+             train_loss: float, steps: int, eps: float, refused: bool) -> MetricRecord:
     return MetricRecord({
         "num-examples": 0 if refused else n,
         "train-loss": train_loss,
@@ -54,16 +93,30 @@ def _metrics(pid: int, n: int, state: PrivacyState, cfg, train_loss: float, step
         "rounds-refused": state.rounds_refused,
         "partition-id": pid,
         "dataset-size": n,
+        "lora-r": rank,
         UNIT_WEIGHT: 0 if refused else 1,
     })
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which LoRA rank this node trains at (``hetero-rank``), without loading
+    any model or data."""
+    cfg = from_run_config(context.run_config)
+    record = MetricRecord({"lora-r": client_rank(cfg, context.node_config),
+                           "partition-id": int(context.node_config.get("partition-id", -1))})
+    return Message(content=RecordDict({"metrics": record}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, pid, rows, pad_id, labels = _setup(msg, context, "train")
+    cfg = from_run_config(context.run_config)
+    rank = client_rank(cfg, context.node_config)
+    pid, rows, pad_id, labels = _data(msg, context, cfg, "train")
     config = msg.content["config"]
     server_round = int(config["server-round"])
-    charge_id = f"{config.get('run-key', context.run_id)}/round-{server_round}"
+    run_key = str(config.get("run-key", context.run_id))
+    charge_id = f"{run_key}/round-{server_round}"
     state = PrivacyState.from_record(context.state.get("privacy"))
     n = len(rows)
     budget = None
@@ -71,19 +124,18 @@ def train(msg: Message, context: Context) -> Message:
         cap = context.node_config.get("max-epsilon")
         budget = ClientBudget(cfg, state, n, _ledger(cfg, context, rows),
                               float(cap) if cap else None)
-        budget.start(str(config.get("run-key", context.run_id)))
+        budget.start(run_key)
         decision = budget.decide(charge_id)
         if not decision.allowed:  # no update leaves the client; the reply says why
             budget.refuse(charge_id, decision)
             context.state["privacy"] = state.to_record()
-            metrics = _metrics(pid, n, state, cfg, 0.0, 0, decision.epsilon_before, True)
+            metrics = _metrics(pid, n, rank, state, cfg, 0.0, 0, decision.epsilon_before, True)
             return Message(content=RecordDict({
                 "metrics": metrics, "refusal": ConfigRecord({"reason": decision.reason}),
                 "privacy": state.to_record(),
             }), reply_to=msg)
         budget.charge(charge_id, decision)
-    model = build_model(cfg, len(labels))
-    load_adapter_state(model, from_arrays(msg.content["arrays"]))
+    model = _model(msg, cfg, len(labels), "train", rank)
     result = train_local(model, rows, pad_id, cfg, state,
                          seed=cfg.seed * 1_000_003 + pid * 1_009 + server_round)
     if budget is not None:
@@ -93,17 +145,19 @@ def train(msg: Message, context: Context) -> Message:
         state.plain_steps += result.steps
     context.state["privacy"] = state.to_record()
     eps = epsilon(state.history, cfg.delta, cfg.accountant) if cfg.dp_enabled else float("inf")
-    metrics = _metrics(pid, n, state, cfg, result.train_loss, result.steps, eps, False)
-    content = RecordDict({"arrays": to_arrays(adapter_state(model)), "metrics": metrics,
+    metrics = _metrics(pid, n, rank, state, cfg, result.train_loss, result.steps, eps, False)
+    weights = adapter_state(model)
+    sent = {k: weights[k] for k in travelling_keys(weights, cfg.aggregation)}
+    content = RecordDict({"arrays": to_arrays(sent), "metrics": metrics,
                           "privacy": state.to_record()})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
-    cfg, pid, rows, pad_id, labels = _setup(msg, context, "eval")
-    model = build_model(cfg, len(labels))
-    load_adapter_state(model, from_arrays(msg.content["arrays"]))
+    cfg = from_run_config(context.run_config)
+    pid, rows, pad_id, labels = _data(msg, context, cfg, "eval")
+    model = _model(msg, cfg, len(labels), "eval")
     metrics = evaluate(model, rows, pad_id, cfg.eval_batch_size, len(labels))
     record = MetricRecord({"num-examples": len(rows), **metrics, "partition-id": pid})
     return Message(content=RecordDict({"metrics": record}), reply_to=msg)

@@ -2,6 +2,12 @@
 
 One ``PrivacyEngine`` per call (Flower may start a fresh process per message), seeded with the
 client's accountant history so that epsilon composes over every round this client trained in.
+
+FedProx's proximal term (mu/2)||w - w_global||^2 is applied as a decoupled pull towards the global
+weights after each optimiser step (w -= lr * mu * (w - w_global)), not added to the loss: Opacus
+clips and noises only the per-sample gradients it records in its hooks, so a term added to the loss
+would be silently dropped under DP. The pull depends only on the weights, never on the data, so
+it spends no privacy, and it behaves the same with DP on and off.
 """
 
 from __future__ import annotations
@@ -40,6 +46,15 @@ def _is_empty(batch) -> bool:
     return not batch or batch["labels"].numel() == 0
 
 
+def _proximal_pull(params, anchor, rate: float) -> None:
+    """One gradient step on (mu/2)||w - w_global||^2; ``rate`` = lr * mu, capped so that it never
+    overshoots the global weights."""
+    rate = min(rate, 1.0)
+    with torch.no_grad():
+        for p, a in zip(params, anchor, strict=True):
+            p.sub_(rate * (p - a))
+
+
 def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunConfig,
                 state: PrivacyState, seed: int) -> LocalResult:
     """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps."""
@@ -48,6 +63,7 @@ def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunCon
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # LoRA dropout
     params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not cfg.dp_enabled,
                         collate_fn=PadCollator(pad_token_id), generator=generator)
@@ -80,6 +96,8 @@ def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunCon
             loss = model(**batch).loss
             loss.backward()
             optimizer.step()
+            if anchor is not None:
+                _proximal_pull(params, anchor, cfg.lr * cfg.proximal_mu)
             losses.append(float(loss.detach()))
     finally:
         if engine is not None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TASKS = ("seq-cls",)
-AGGREGATIONS = ("fedavg",)
+AGGREGATIONS = ("fedavg", "ffa", "hetero-rank")
+SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
 DP_MODES = ("off", "sample", "client", "both")
 CLIENT_DP_SIDES = ("server", "client")
 ACCOUNTANTS = ("prv", "rdp")
@@ -47,6 +48,12 @@ class RunConfig:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("query", "value")
     aggregation: str = "fedavg"
+    hetero_ranks: tuple[str, ...] = ("2", "4", "8")
+    server_optimizer: str = "none"
+    server_lr: float = 0.0
+    server_momentum: float = 0.9
+    proximal_mu: float = 0.0
+    max_update_norm: float = 0.0
     num_server_rounds: int = 3
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
@@ -83,6 +90,11 @@ class RunConfig:
     def client_dp_enabled(self) -> bool:
         """Client-level DP-FedAvg on the server (``client`` or ``both``)."""
         return self.dp in ("client", "both")
+
+    @property
+    def rank_rule(self) -> tuple[int, ...]:
+        """``hetero-ranks`` as integers (validated), cycled over partition ids."""
+        return tuple(int(r) for r in self.hetero_ranks)
 
     def to_dict(self) -> dict[str, Any]:
         """Settings under their run-config key names, as written to ``config.json``."""
@@ -147,12 +159,16 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     choice("task", cfg.task, TASKS)
     choice("aggregation", cfg.aggregation, AGGREGATIONS)
+    choice("server-optimizer", cfg.server_optimizer, SERVER_OPTIMIZERS)
     choice("dp", cfg.dp, DP_MODES)
     choice("accountant", cfg.accountant, ACCOUNTANTS)
     choice("client-dp-side", cfg.client_dp_side, CLIENT_DP_SIDES)
     _check(cfg.planned_rounds >= 0, "planned-rounds", cfg.planned_rounds,
            "must be >= 0 (0 = num-server-rounds)")
     positive("client-noise-multiplier", cfg.client_noise_multiplier)
+    _check(not cfg.client_dp_enabled or cfg.aggregation == "fedavg", "dp", cfg.dp,
+           "client-level DP (client | both) clips whole-adapter updates, so it needs "
+           "aggregation = 'fedavg'")
     positive("client-clipping-norm", cfg.client_clipping_norm)
     choice("partitioner", cfg.partitioner, PARTITIONERS)
     _check(bool(cfg.model.strip()), "model", cfg.model, "give a local folder or a hub id")
@@ -167,6 +183,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(0.0 <= cfg.lora_dropout < 1.0, "lora-dropout", cfg.lora_dropout, "must be in [0, 1)")
     _check(len(cfg.lora_targets) > 0, "lora-targets", ",".join(cfg.lora_targets),
            "name at least one module, e.g. 'query,value'")
+    _check(all(r.isdigit() and int(r) >= 1 for r in cfg.hetero_ranks), "hetero-ranks",
+           ",".join(cfg.hetero_ranks), "give comma-separated integers >= 1, e.g. '2,4,8' "
+           "(empty: every client uses lora-r)")
+    positive("server-lr", cfg.server_lr, strict=False)
+    _check(0.0 <= cfg.server_momentum < 1.0, "server-momentum", cfg.server_momentum,
+           "must be in [0, 1)")
+    positive("proximal-mu", cfg.proximal_mu, strict=False)
+    positive("max-update-norm", cfg.max_update_norm, strict=False)
     _check(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, "must be >= 1")
     _check(0.0 < cfg.fraction_train <= 1.0, "fraction-train", cfg.fraction_train,
            "must be in (0, 1]")

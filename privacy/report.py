@@ -14,6 +14,9 @@ from typing import Any
 from config import RunConfig
 from privacy.crosscheck import crosscheck
 
+_REPLY_KEYS = ("partition-id", "dataset-size", "noise-multiplier", "sample-rate", "total-steps",
+               "rounds-trained", "epsilon")
+
 
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
@@ -30,15 +33,23 @@ def _new_client(pid: int, n: int, dp: bool) -> dict[str, Any]:
 def build_report(cfg: RunConfig, partitions: list[dict], rounds: dict[int, Any],
                  client_level: dict[str, Any] | None = None,
                  crosscheck_now: bool = True) -> dict[str, Any]:
-    """``crosscheck_now=False`` skips the dp-accounting check (about a second per client), as
-    the server does after every round but the last, where clients would wait for it."""
+    """Latest cumulative spend per client from the training replies of every round so far.
+
+    Clients report their cumulative epsilon; the latest reply of a client is its total. Clients
+    never sampled spent nothing and are listed with ``rounds_trained = 0``. Replies the server
+    rejected count too: their update was dropped after the client had spent the privacy; so do
+    refusals, which report the spend so far. ``crosscheck_now=False`` skips the dp-accounting
+    check (about a second per client), as the server does after every round but the last.
+    """
     clients: dict[int, dict[str, Any]] = {
         p["partition_id"]: _new_client(p["partition_id"], p["num_examples"], cfg.dp_enabled)
         for p in partitions
     }
     for server_round in sorted(rounds):
         log = rounds[server_round]
-        for reply in [*log.replies, *log.refused]:
+        for reply in [*log.replies, *log.rejected_replies, *log.refused]:
+            if not all(k in reply for k in _REPLY_KEYS):
+                continue  # a malformed (rejected) reply: nothing trustworthy to report
             pid = int(reply["partition-id"])
             c = clients.setdefault(pid, _new_client(pid, int(reply["dataset-size"]),
                                                     cfg.dp_enabled))

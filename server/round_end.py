@@ -52,7 +52,9 @@ class RoundEnd:
         if server_round > 0:
             self.run.save_adapter(self.model, self.run.checkpoint_dir(server_round))
             rlog = self.rounds.get(server_round, RoundLog())
-            eps = [float(r["epsilon"]) for r in rlog.replies]
+            # A rejected reply's update is dropped, but its client spent the privacy all the same.
+            eps = [float(r["epsilon"]) for r in rlog.replies + rlog.rejected_replies
+                   if isinstance(r.get("epsilon"), (int, float)) and not math.isnan(r["epsilon"])]
             line.update({
                 "train_loss": rlog.train_loss,
                 "clients": rlog.clients,
@@ -63,6 +65,8 @@ class RoundEnd:
                 "failures": rlog.failures,
                 "refused": [{"node": r["node"], "partition_id": int(r["partition-id"]),
                              "reason": r["reason"]} for r in rlog.refused],
+                "rejected": rlog.rejected,
+                **rlog.extra,
             })
             if rlog.client_eval is not None:
                 line["client_eval"] = rlog.client_eval

@@ -1,4 +1,5 @@
-"""Strategies by name (run-config key ``aggregation``), wrapped for client-level DP on request."""
+"""Strategies by name (run-config key ``aggregation``), each with the run's server optimiser,
+wrapped for client-level DP on request."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ from flwr.serverapp.strategy import Strategy
 
 from config import RunConfig
 from strategies import client_dp
+from strategies.base import LoraStrategy
 from strategies.fedavg import LoraFedAvg
+from strategies.ffa import FfaLora
+from strategies.hetero_rank import HeteroRankLora
+from strategies.server_optimizers import build_server_optimizer
+
+STRATEGIES: dict[str, type[LoraStrategy]] = {
+    "fedavg": LoraFedAvg,
+    "ffa": FfaLora,
+    "hetero-rank": HeteroRankLora,
+}
 
 
 def build_strategy(cfg: RunConfig, num_clients: int) -> Strategy:
@@ -17,11 +28,14 @@ def build_strategy(cfg: RunConfig, num_clients: int) -> Strategy:
         min_evaluate_nodes=cfg.min_clients if cfg.fraction_evaluate > 0 else 0,
         min_available_nodes=cfg.min_clients,
         min_replies=cfg.min_clients,
+        server_optimizer=build_server_optimizer(cfg),
+        max_update_norm=cfg.max_update_norm,
     )
+    if cfg.aggregation == "hetero-rank":
+        common.update(lora_alpha=cfg.lora_alpha, global_rank=cfg.lora_r, seed=cfg.seed)
     if cfg.client_dp_enabled:
         common["weighted_by_key"] = client_dp.UNIT_WEIGHT
-    strategies = {"fedavg": LoraFedAvg}
-    strategy = strategies[cfg.aggregation](**common)
+    strategy = STRATEGIES[cfg.aggregation](**common)
     return client_dp.wrap(strategy, cfg, num_clients) if cfg.client_dp_enabled else strategy
 
 

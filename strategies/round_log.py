@@ -10,10 +10,14 @@ from typing import Any
 class RoundLog:
     sampled: int = 0
     bytes_down: int = 0
-    bytes_up: int = 0
+    bytes_up: int = 0  # every reply received, rejected ones included: that traffic happened
     train_loss: float | None = None
     replies: list[dict[str, Any]] = field(default_factory=list)  # node id + reply metrics
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"node", "reason"}
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {"node", "reason"}
+    # Metrics of rejected replies: their update is dropped, but the client spent privacy on it.
+    rejected_replies: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific, added to the line
     refused: list[dict[str, Any]] = field(default_factory=list)  # budget refusals: metrics+reason
     client_eval: dict[str, float] | None = None  # weighted federated evaluation, if any
     released: bool = False  # a new global adapter came out of this round

@@ -7,6 +7,8 @@ a missing or unexpected key, or a wrong shape, is an error.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from flwr.app import ArrayRecord
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
@@ -43,9 +45,16 @@ def check_adapter_state(expected: dict[str, torch.Tensor], state: dict[str, torc
             )
 
 
-def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
+def load_adapter_state(model, state: dict[str, torch.Tensor],
+                       expected_keys: Iterable[str] | None = None) -> None:
+    """Load ``state`` strictly; ``expected_keys`` narrows what must be there (FFA-LoRA sends no A,
+    which the model already holds), it never widens it."""
     peft_model = unwrap(model)
-    check_adapter_state(adapter_state(peft_model), state)
+    expected = adapter_state(peft_model)
+    if expected_keys is not None:
+        wanted = set(expected_keys)
+        expected = {k: v for k, v in expected.items() if k in wanted}
+    check_adapter_state(expected, state)
     result = set_peft_model_state_dict(peft_model, state)
     if getattr(result, "unexpected_keys", None):
         raise AdapterMismatchError(f"PEFT ignored adapter keys {result.unexpected_keys[:5]}")

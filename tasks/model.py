@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import zlib
 from pathlib import Path
 
 import torch
@@ -67,8 +68,31 @@ def build_model(cfg: RunConfig, num_labels: int) -> PeftModel:
         raise ConfigError(
             f"run-config key 'lora-targets' = '{','.join(cfg.lora_targets)}': {exc}"
         ) from exc
+    if cfg.aggregation == "ffa":
+        freeze_shared_lora_a(model, cfg.seed)
     model.train()
     return model
+
+
+def freeze_shared_lora_a(model: PeftModel, seed: int) -> None:
+    """FFA-LoRA: re-draw every LoRA A from ``seed`` and the module's name, and freeze it.
+
+    Server and clients build their models independently, in different processes; a generator per
+    module, seeded by (seed, name), gives them bit-identical A whatever else consumed the global
+    RNG before. The draw is PEFT's own init (Kaiming-uniform, a = sqrt(5): U(-1/sqrt(in),
+    1/sqrt(in))). Freezing A means Opacus clips and noises only B and the head.
+    """
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if not isinstance(lora_a, torch.nn.ModuleDict):
+            continue
+        for adapter in lora_a.values():
+            weight = adapter.weight
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            bound = 1.0 / weight.shape[1] ** 0.5
+            with torch.no_grad():
+                weight.copy_(torch.rand(weight.shape, generator=generator) * 2 * bound - bound)
+            weight.requires_grad_(False)
 
 
 def seeded_model(cfg: RunConfig, num_labels: int) -> PeftModel:

@@ -40,3 +40,15 @@ def base_config(tiny_model, toy_data, tmp_path) -> dict:
         "min-clients": 2,
         "output-dir": str(tmp_path / "run"),
     }
+
+
+@pytest.fixture(autouse=True)
+def flower_task_identity():
+    """Flower fills in a new message's source from the process's task identity, which only its
+    runtimes set; tests that build messages the way a ServerApp does need one too."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

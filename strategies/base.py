@@ -1,0 +1,225 @@
+"""The round mechanics every LoRA strategy shares, around Flower's FedAvg.
+
+Flower's FedAvg samples the clients. Around that, a DP-LoRA run needs: one payload per node (they
+differ under ``hetero-rank``), every reply checked against what its node was sent before anything
+is averaged, a round with fewer valid replies than ``min-clients`` stopping the run (Flower would
+carry on with an empty model), the server optimiser applied to what the strategy really averages,
+and each round's traffic, replies, failures and rejections logged for the run folder. Subclasses
+say what they send and how they average. A client that refuses a round because its privacy budget
+is spent is not a failure: it is left out, and a round that only refusals leave short of
+``min-clients`` keeps the global adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Iterable, Mapping
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from strategies.round_log import RoundLog
+from strategies.server_optimizers import ServerOptimizer
+from strategies.validation import check_reply, common_layout, reply_arrays, reply_metrics
+
+Arrays = dict[str, np.ndarray]
+
+
+class TooFewRepliesError(RuntimeError):
+    """Fewer valid replies than the minimum: averaging would silently degrade the model."""
+
+
+def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> Arrays:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def record_bytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Payload bytes of the tensors (what travels, without framing)."""
+    return int(sum(np.asarray(v).nbytes for v in arrays.values()))
+
+
+def is_refusal(msg: Message) -> bool:
+    """A privacy-budget refusal: metrics and a reason, deliberately no arrays."""
+    return not msg.has_error() and "refusal" in msg.content.config_records
+
+
+def reply_info(msg: Message) -> dict:
+    """Node id, reply metrics and, when sent, the client's accountant history (for the report)."""
+    out = {"node": int(msg.metadata.src_node_id), **reply_metrics(msg)}
+    privacy = msg.content.config_records.get("privacy")
+    if privacy is not None:
+        out["history"] = [(float(s), float(q), int(n)) for s, q, n in zip(
+            privacy["history-sigma"], privacy["history-q"], privacy["history-steps"], strict=True)]
+    return out
+
+
+def weighted_mean(items: list[tuple[Arrays, float]]) -> Arrays:
+    """Weighted mean per key, accumulated in float64 and returned in each tensor's own dtype."""
+    total = sum(w for _, w in items)
+    first = items[0][0]
+    out = {k: np.zeros(np.shape(v), dtype=np.float64) for k, v in first.items()}
+    for arrays, weight in items:
+        for k in out:
+            out[k] += np.asarray(arrays[k], dtype=np.float64) * (weight / total)
+    return {k: v.astype(np.asarray(first[k]).dtype) for k, v in out.items()}
+
+
+class LoraStrategy(FedAvg):
+    """Subclasses implement :meth:`begin_round`, :meth:`payloads` and :meth:`aggregate`."""
+
+    def __init__(self, *, min_replies: int, server_optimizer: ServerOptimizer | None = None,
+                 max_update_norm: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.min_replies = min_replies
+        self.optimizer = server_optimizer or ServerOptimizer()
+        self.max_update_norm = max_update_norm
+        self.rounds: dict[int, RoundLog] = {}
+        self._sent: dict[int, dict[int, Arrays]] = {}  # round -> node -> what it was sent
+
+    # --- what subclasses define -------------------------------------------------------------
+
+    @abstractmethod
+    def begin_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> None:
+        """Take the global adapter Flower passes in (and add to the round's config)."""
+
+    @abstractmethod
+    def payloads(self, server_round: int, node_ids: list[int], grid: Grid
+                 ) -> tuple[dict[int, Arrays], list[dict]]:
+        """What each sampled node is sent, and ``{"node", "reason"}`` for nodes left out."""
+
+    @abstractmethod
+    def aggregate(self, server_round: int, accepted: list[tuple[int, Arrays, float]]
+                  ) -> ArrayRecord:
+        """The new global adapter from (node, arrays, weight) of the valid replies."""
+
+    # --- the round --------------------------------------------------------------------------
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        sampled = list(super().configure_train(server_round, arrays, config, grid))
+        self.begin_round(server_round, arrays, config)
+        log_ = self.rounds[server_round] = RoundLog(sampled=len(sampled))
+        nodes = [int(m.metadata.dst_node_id) for m in sampled]
+        payloads, left_out = self.payloads(server_round, nodes, grid)
+        log_.failures.extend(left_out)
+        self._sent[server_round] = payloads
+        log_.bytes_down = sum(record_bytes(p) for p in payloads.values())
+        records: dict[int, ArrayRecord] = {}  # one record per distinct payload, not per node
+        messages = []
+        for node, payload in payloads.items():
+            if id(payload) not in records:
+                records[id(payload)] = to_record(payload)
+            record = records[id(payload)]
+            content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: config})
+            messages.append(Message(content=content, message_type=MessageType.TRAIN,
+                                    dst_node_id=node))
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        log_ = self.rounds.setdefault(server_round, RoundLog())
+        refusals = [m for m in replies if is_refusal(m)]
+        log_.refused = [{**reply_info(m), "reason": m.content["refusal"]["reason"]}
+                        for m in refusals]
+        for r in log_.refused:
+            log(WARNING, "round %s: client %s refused: %s", server_round, r["partition-id"],
+                r["reason"])
+        # Flower's own consistency check raises on one odd reply; ours drops it instead.
+        contents, errors = self._check_and_log_replies(
+            [m for m in replies if not is_refusal(m)], is_train=True, validate=False)
+        log_.failures.extend(
+            {"node": int(m.metadata.src_node_id), "reason": m.error.reason} for m in errors
+        )
+        sent = self._sent.pop(server_round, None)
+        expected = len(sent) if sent is not None else log_.sampled
+        missing = expected - len(replies)
+        if missing > 0:
+            log_.failures.append({"node": None, "reason": f"{missing} sampled client(s) did not "
+                                                          "reply before the timeout"})
+        accepted = self._validate(contents, sent, log_)
+        if len(accepted) < self.min_replies <= len(accepted) + len(refusals):
+            log(WARNING, "round %s: %s valid replies, %s budget refusals: global adapter kept",
+                server_round, len(accepted), len(refusals))
+            log_.replies = [reply_info(m) for m in accepted]
+            return None, None
+        if len(accepted) < self.min_replies:
+            problems = log_.failures + log_.rejected
+            reasons = "; ".join(f"node {f['node']}: {f['reason']}" for f in problems)
+            raise TooFewRepliesError(
+                f"round {server_round}: {len(accepted)} valid replies of {log_.sampled} sampled, "
+                f"below min-clients = {self.min_replies}. {reasons or 'No error was reported.'}"
+            )
+        log_.replies = [reply_info(m) for m in accepted]
+        weights = [float(r[self.weighted_by_key]) for r in log_.replies]
+        losses = [float(r["train-loss"]) for r in log_.replies]
+        log_.train_loss = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
+        items = [(int(m.metadata.src_node_id), reply_arrays(m), w)
+                 for m, w in zip(accepted, weights, strict=True)]
+        arrays = self.aggregate(server_round, items)
+        log_.released = True
+        eps = [float(r["epsilon"]) for r in log_.replies]
+        metrics = MetricRecord({"train-loss": log_.train_loss,
+                                "epsilon-max": max(eps) if eps else 0.0})
+        if any(math.isinf(e) for e in eps):
+            log(WARNING, "round %s: trained without DP (epsilon = inf)", server_round)
+        return arrays, metrics
+
+    def _validate(self, contents: list[Message], sent: dict[int, Arrays] | None,
+                  log_: RoundLog) -> list[Message]:
+        layout = common_layout(contents) if sent is None else None
+        accepted = []
+        for msg in contents:
+            node = int(msg.metadata.src_node_id)
+            log_.bytes_up += _reply_bytes(msg)
+            if sent is not None and node not in sent:
+                reason = "reply from a node that was not sent this round's adapter"
+            else:
+                reason = check_reply(msg, sent[node] if sent is not None else None,
+                                     max_update_norm=self.max_update_norm,
+                                     weighted_by_key=self.weighted_by_key, layout=layout)
+            if reason is None:
+                accepted.append(msg)
+                continue
+            log(WARNING, "rejected the reply of node %s: %s", node, reason)
+            log_.rejected.append({"node": node, "reason": reason})
+            try:  # the client spent privacy on it all the same: keep it for the report
+                log_.rejected_replies.append(reply_info(msg))
+            except (StopIteration, TypeError, ValueError):
+                pass
+        if log_.rejected:
+            log(INFO, "%s of %s replies passed validation", len(accepted), len(contents))
+        return accepted
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self.rounds.setdefault(server_round, RoundLog()).client_eval = {
+                k: float(v) for k, v in metrics.items() if k != "partition-id"
+            }
+        return metrics
+
+
+def _reply_bytes(msg: Message) -> int:
+    try:
+        return sum(record_bytes(from_record(r)) for r in msg.content.array_records.values())
+    except Exception:  # noqa: BLE001 - an unreadable payload counts as nothing readable
+        return 0
