@@ -7,6 +7,7 @@ the target. Calibrating per round, as many examples do, lets the real epsilon gr
 
 from __future__ import annotations
 
+import functools
 import math
 
 from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
@@ -45,11 +46,16 @@ def check_delta(delta: float, num_examples: int, who: str = "a client") -> None:
         )
 
 
+@functools.lru_cache(maxsize=64)
 def noise_multiplier(
     *, target_epsilon: float, delta: float, num_examples: int, batch_size: int, steps: int,
     accountant: str,
 ) -> float:
-    """Smallest sigma whose epsilon after ``steps`` is <= target (Opacus tolerance 0.01)."""
+    """Smallest sigma whose epsilon after ``steps`` is <= target (Opacus tolerance 0.01).
+
+    Cached: the search costs seconds under PRV, and clients of equal size in one process (Ray
+    keeps simulated clients' workers alive) would otherwise repeat it.
+    """
     check_delta(delta, num_examples)
     if target_epsilon <= 0:
         raise ConfigError(f"run-config key 'target-epsilon' = {target_epsilon} must be > 0")
