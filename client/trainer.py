@@ -46,6 +46,52 @@ def _is_empty(batch) -> bool:
     return not batch or batch["labels"].numel() == 0
 
 
+def length_chunks(batch: dict[str, torch.Tensor], rows: int) -> list[dict[str, torch.Tensor]]:
+    """The batch sorted by length and cut into chunks of ``rows``, each trimmed to its longest.
+
+    A batch padded to its longest row wastes most of its compute on SST-2 (3.4x more tokens than
+    real ones at batch 64); similar lengths together waste little.
+    """
+    if rows <= 0 or len(batch["labels"]) <= rows:
+        return [batch]
+    lengths = batch["attention_mask"].sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    chunks = []
+    for start in range(0, len(order), rows):
+        idx = order[start:start + rows]
+        width = int(lengths[idx].max())
+        chunks.append({k: (v[idx, :width] if v.dim() == 2 else v[idx]) for k, v in batch.items()})
+    return chunks
+
+
+def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool) -> float:
+    """One optimiser step for ``batch``, computed over length-sorted chunks; the mean loss.
+
+    Under DP this is Opacus's own recipe for one logical (Poisson) batch in several physical
+    ones (what ``BatchMemoryManager`` does): every chunk but the last is clipped and summed into
+    ``summed_grad`` by a skipped step; the last step adds the noise once and updates, so the
+    result is exactly that of one big batch. Without DP the chunk losses are weighted so that
+    the accumulated gradient is the batch mean.
+    """
+    chunks = length_chunks(batch, rows)
+    total = len(batch["labels"])
+    loss_sum = 0.0
+    for i, chunk in enumerate(chunks):
+        n = len(chunk["labels"])
+        loss = model(**chunk).loss
+        loss_sum += float(loss.detach()) * n
+        if not dp:
+            (loss * (n / total)).backward()
+            continue
+        loss.backward()
+        if i < len(chunks) - 1:
+            optimizer.signal_skip_step(do_skip=True)
+            optimizer.step()  # clip + accumulate only
+            optimizer.zero_grad(set_to_none=True)  # keeps summed_grad after a skipped step
+    optimizer.step()
+    return loss_sum / total
+
+
 def _proximal_pull(params, anchor, rate: float) -> None:
     """One gradient step on (mu/2)||w - w_global||^2; ``rate`` = lr * mu, capped so that it never
     overshoots the global weights."""
@@ -93,12 +139,11 @@ def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunCon
                                            sample_rate=sample_rate(n, cfg.batch_size))
                 continue
             optimizer.zero_grad(set_to_none=True)
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
+            loss = _step_in_chunks(model, optimizer, batch, cfg.micro_batch_size,
+                                   dp=engine is not None)
             if anchor is not None:
                 _proximal_pull(params, anchor, cfg.lr * cfg.proximal_mu)
-            losses.append(float(loss.detach()))
+            losses.append(loss)
     finally:
         if engine is not None:
             state.history = merge_history(engine.accountant.history)

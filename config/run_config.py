@@ -60,6 +60,7 @@ class RunConfig:
     min_clients: int = 2
     local_epochs: float = 1.0
     batch_size: int = 64
+    micro_batch_size: int = 16
     lr: float = 5e-3
     weight_decay: float = 0.0
     dp: str = "sample"
@@ -199,6 +200,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(cfg.min_clients >= 1, "min-clients", cfg.min_clients, "must be >= 1")
     positive("local-epochs", cfg.local_epochs)
     _check(cfg.batch_size >= 1, "batch-size", cfg.batch_size, "must be >= 1")
+    _check(cfg.micro_batch_size >= 0, "micro-batch-size", cfg.micro_batch_size,
+           "must be >= 0 (0 = the whole batch at once)")
     positive("lr", cfg.lr)
     positive("weight-decay", cfg.weight_decay, strict=False)
     positive("target-epsilon", cfg.target_epsilon)

@@ -83,3 +83,23 @@ def test_dp_off_trains_the_same_model_without_spending(local_setup):
     after = adapter_state(model)
     assert result.steps == 13 and state.history == []
     assert all(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
+
+
+@pytest.mark.parametrize("dp", ["sample", "off"])
+def test_length_chunks_give_the_same_step_as_one_batch(local_setup, dp):
+    """Micro-batching is an implementation detail: same clipping, same sum, same update."""
+    cfg, rows, pad = local_setup
+    results = []
+    for micro in (0, 4):
+        c = from_run_config({**cfg.to_dict(), "dp": dp, "micro-batch-size": micro,
+                             "local-epochs": 0.08, "batch-size": 32})
+        torch.manual_seed(0)
+        model = build_model(c, 2)
+        for m in model.modules():  # dropout would draw different masks per chunk
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        state = PrivacyState(noise_multiplier=0.0, sample_rate=sample_rate(len(rows), 32))
+        train_local(model, rows, pad, c, state, seed=5)
+        results.append(adapter_state(model))
+    for key in results[0]:
+        assert torch.allclose(results[0][key], results[1][key], atol=1e-5), key
