@@ -66,8 +66,3 @@ def to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:
 
 def from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return dict(record.to_torch_state_dict())
-
-
-def num_bytes(record: ArrayRecord) -> int:
-    """Payload bytes of the tensors (what travels, without framing)."""
-    return int(sum(a.numpy().nbytes for a in record.values()))
