@@ -137,3 +137,22 @@ def test_config_rejects_bad_client_dp_settings():
         from_run_config({"client-dp-side": "both"})
     with pytest.raises(ConfigError, match="client-noise-multiplier"):
         from_run_config({"client-noise-multiplier": 0})
+
+
+def test_report_cli_rebuilds_markdown_and_plot(tmp_path, capsys):
+    report = {
+        "dp": "sample", "target_epsilon": 8.0, "delta": 1e-5, "accountant": "prv",
+        "max_grad_norm": 1.0, "max_epsilon": 7.9, "rounds": 2,
+        "clients": [{"partition_id": 0, "num_examples": 100, "noise_multiplier": 0.7,
+                     "sample_rate": 0.1, "steps": 20, "rounds_trained": 1, "epsilon": 7.9,
+                     "epsilon_per_round": [7.9, 7.9], "refused_rounds": [2],
+                     "refusal_reasons": ["privacy budget exhausted: ..."],
+                     "crosscheck": {"pld_epsilon": 7.8, "rdp_epsilon": 9.1}}],
+    }
+    (tmp_path / "privacy").mkdir()
+    (tmp_path / "privacy" / "report.json").write_text(json.dumps(report))
+    assert fedtune(["privacy", "report", str(tmp_path)]) == 0
+    md = (tmp_path / "privacy" / "report.md").read_text()
+    assert "| 0 | 100 | 0.700 |" in md and "7.900" in md and "Refusals" in md
+    assert (tmp_path / "privacy" / "epsilon.png").read_bytes()[:4] == b"\x89PNG"
+    assert fedtune(["privacy", "report", str(tmp_path / "nope")]) == 2
