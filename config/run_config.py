@@ -62,6 +62,7 @@ class RunConfig:
     batch_size: int = 64
     micro_batch_size: int = 16
     lr: float = 5e-3
+    head_lr_scale: float = 0.1
     weight_decay: float = 0.0
     dp: str = "sample"
     target_epsilon: float = 8.0
@@ -203,6 +204,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(cfg.micro_batch_size >= 0, "micro-batch-size", cfg.micro_batch_size,
            "must be >= 0 (0 = the whole batch at once)")
     positive("lr", cfg.lr)
+    positive("head-lr-scale", cfg.head_lr_scale)
     positive("weight-decay", cfg.weight_decay, strict=False)
     positive("target-epsilon", cfg.target_epsilon)
     _check(math.isfinite(cfg.delta) and 0.0 < cfg.delta < 1.0, "delta", cfg.delta,

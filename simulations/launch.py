@@ -64,8 +64,37 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def stop_run_processes(port: int, grace_s: float = 10.0) -> None:
+    """End the simulation process that served our SuperLink, with its Ray processes.
+
+    SuperExec starts ``flwr-simulation`` in a session of its own, so it survives the SuperLink's
+    process group when a run is interrupted; it is found by the SuperLink address it was given.
+    """
+    import psutil
+
+    victims = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if "flwr-simulation" in cmdline and f"127.0.0.1:{port}" in cmdline:
+            try:
+                victims += [proc, *proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+    for proc in victims:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(victims, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the group (SuperLink, SuperExec, simulation, Ray), then SIGKILL what is left."""
+    """SIGTERM the group (SuperLink, SuperExec), then SIGKILL what is left."""
     if proc.poll() is not None:
         return
     try:
@@ -146,6 +175,7 @@ def run_simulation(
             return done.returncode
         return 0 if _runs_completed(env, project) else 1
     finally:
+        stop_run_processes(port)
         stop_process_group(superlink)
         signal.signal(signal.SIGTERM, previous)
         if log:
