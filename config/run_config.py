@@ -62,7 +62,7 @@ class RunConfig:
     batch_size: int = 64
     micro_batch_size: int = 16
     lr: float = 5e-3
-    head_lr_scale: float = 0.1
+    head_lr_scale: float = 1.0
     weight_decay: float = 0.0
     dp: str = "sample"
     target_epsilon: float = 8.0
