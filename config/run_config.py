@@ -41,7 +41,7 @@ class RunConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     max_length: int = 128
-    max_train_samples: int = 20000
+    max_train_samples: int = 32000
     max_eval_samples: int = 0
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -54,14 +54,14 @@ class RunConfig:
     server_momentum: float = 0.9
     proximal_mu: float = 0.0
     max_update_norm: float = 0.0
-    num_server_rounds: int = 3
+    num_server_rounds: int = 2
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     min_clients: int = 2
-    local_epochs: float = 1.0
+    local_epochs: float = 0.5
     batch_size: int = 64
     micro_batch_size: int = 16
-    lr: float = 5e-3
+    lr: float = 1e-2
     head_lr_scale: float = 1.0
     weight_decay: float = 0.0
     dp: str = "sample"
