@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from config import RunConfig
 from privacy.accounting import PrivacyState, merge_history
-from privacy.calibration import sample_rate, steps_per_round
+from privacy.calibration import planned_rounds, sample_rate, steps_per_round
 from tasks.batching import PadCollator, TokenizedDataset
 
 
@@ -110,6 +110,26 @@ def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool) -> float:
     return loss_sum / total
 
 
+def _lr_schedule(optimizer, cfg: RunConfig, done: int, total: int):
+    """A callable to run before each step: ``linear`` decays every group's rate to 0 over the
+    client's planned steps of the whole run (not per round), ``constant`` does nothing.
+
+    Late DP steps with a large Adam rate mostly add noise to a model that has stopped improving;
+    decaying over the run keeps the early steps fast and the late ones quiet.
+    """
+    base = [g["lr"] for g in optimizer.param_groups]
+    step = [done]
+
+    def apply() -> None:
+        if cfg.lr_schedule == "linear":
+            factor = max(0.0, 1.0 - step[0] / max(total, 1))
+            for group, lr in zip(optimizer.param_groups, base, strict=True):
+                group["lr"] = lr * factor
+        step[0] += 1
+
+    return apply
+
+
 def _proximal_pull(params, anchor, rate: float) -> None:
     """One gradient step on (mu/2)||w - w_global||^2; ``rate`` = lr * mu, capped so that it never
     overshoots the global weights."""
@@ -149,8 +169,11 @@ def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunCon
         q = sample_rate(n, cfg.batch_size)
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
     losses = []
+    schedule = _lr_schedule(optimizer, cfg, done=state.rounds_trained * steps,
+                            total=planned_rounds(cfg) * steps)
     try:
         for batch in _batches(loader, steps):
+            schedule()
             if _is_empty(batch):
                 # Nothing to learn from, but the step still counts against the budget.
                 if engine is not None:

@@ -19,6 +19,7 @@ SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
 DP_MODES = ("off", "sample", "client", "both")
 CLIENT_DP_SIDES = ("server", "client")
 ACCOUNTANTS = ("prv", "rdp")
+LR_SCHEDULES = ("constant", "linear")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -63,6 +64,7 @@ class RunConfig:
     micro_batch_size: int = 16
     lr: float = 1e-2
     head_lr_scale: float = 1.0
+    lr_schedule: str = "linear"
     weight_decay: float = 0.0
     dp: str = "sample"
     target_epsilon: float = 8.0
@@ -205,6 +207,7 @@ def validate(cfg: RunConfig) -> RunConfig:
            "must be >= 0 (0 = the whole batch at once)")
     positive("lr", cfg.lr)
     positive("head-lr-scale", cfg.head_lr_scale)
+    choice("lr-schedule", cfg.lr_schedule, LR_SCHEDULES)
     positive("weight-decay", cfg.weight_decay, strict=False)
     positive("target-epsilon", cfg.target_epsilon)
     _check(math.isfinite(cfg.delta) and 0.0 < cfg.delta < 1.0, "delta", cfg.delta,

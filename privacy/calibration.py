@@ -29,10 +29,13 @@ def steps_per_round(num_examples: int, batch_size: int, local_epochs: float) -> 
     return max(1, round(local_epochs * steps_per_epoch(num_examples, batch_size)))
 
 
-def planned_steps(cfg: RunConfig, num_examples: int) -> int:
+def planned_rounds(cfg: RunConfig) -> int:
     """Every round is planned for (any round may sample this client) unless ``planned-rounds``."""
-    rounds = cfg.planned_rounds or cfg.num_server_rounds
-    return rounds * steps_per_round(num_examples, cfg.batch_size, cfg.local_epochs)
+    return cfg.planned_rounds or cfg.num_server_rounds
+
+
+def planned_steps(cfg: RunConfig, num_examples: int) -> int:
+    return planned_rounds(cfg) * steps_per_round(num_examples, cfg.batch_size, cfg.local_epochs)
 
 
 def check_delta(delta: float, num_examples: int, who: str = "a client") -> None:

@@ -34,7 +34,7 @@ def test_delta_must_be_below_one_over_n():
 def local_setup(tiny_model, toy_data):
     cfg = from_run_config({"model": str(tiny_model), "dataset": str(toy_data),
                            "max-train-samples": 200, "batch-size": 16, "num-server-rounds": 3,
-                           "delta": 1e-3, "lr": 0.05, "max-length": 32})
+                           "delta": 1e-3, "lr": 0.05, "max-length": 32, "local-epochs": 1.0})
     splits = load_splits(cfg)
     tok = load_tokenizer(cfg)
     rows = TokenizedDataset.from_texts(tok, splits.train["text"], splits.train["label"], 32)
@@ -103,3 +103,19 @@ def test_length_chunks_give_the_same_step_as_one_batch(local_setup, dp):
         results.append(adapter_state(model))
     for key in results[0]:
         assert torch.allclose(results[0][key], results[1][key], atol=1e-5), key
+
+
+def test_linear_schedule_decays_over_the_whole_run_not_per_round():
+    from client.trainer import _lr_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = from_run_config({"lr-schedule": "linear"})
+    second_round = _lr_schedule(opt, cfg, done=2, total=4)  # round 2 of 2, 2 steps each
+    seen = []
+    for _ in range(2):
+        second_round()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == [0.5, 0.25]
+    opt.param_groups[0]["lr"] = 1.0
+    _lr_schedule(opt, from_run_config({"lr-schedule": "constant"}), done=3, total=4)()
+    assert opt.param_groups[0]["lr"] == 1.0
