@@ -42,7 +42,7 @@ class RunConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     max_length: int = 128
-    max_train_samples: int = 32000
+    max_train_samples: int = 0
     max_eval_samples: int = 0
     lora_r: int = 8
     lora_alpha: float = 16.0
