@@ -8,6 +8,7 @@ rule) and tells the server that rank through a query message.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -34,6 +35,11 @@ from tasks.lora_layout import lora_a_digest, travelling_keys
 from tasks.model import build_model
 
 app = ClientApp(mods=[client_clipping_mod])
+
+# Known and harmless here: Opacus's note that its RNG is not cryptographic (secure_mode is a
+# deployment choice), and torch's note on full backward hooks over frozen inputs (LoRA).
+warnings.filterwarnings("ignore", message="Secure RNG turned off")
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 def _data(msg: Message, context: Context, cfg: RunConfig, split: str):
