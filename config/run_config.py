@@ -55,7 +55,7 @@ class RunConfig:
     server_momentum: float = 0.9
     proximal_mu: float = 0.0
     max_update_norm: float = 0.0
-    num_server_rounds: int = 3
+    num_server_rounds: int = 2
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     min_clients: int = 2
