@@ -60,7 +60,7 @@ class RunConfig:
     fraction_evaluate: float = 0.0
     min_clients: int = 2
     local_epochs: float = 0.5
-    batch_size: int = 128
+    batch_size: int = 256
     micro_batch_size: int = 16
     lr: float = 1e-2
     head_lr_scale: float = 1.0
