@@ -66,6 +66,11 @@ def describe(train: datasets.Dataset, cfg: RunConfig, num_partitions: int,
             labels = partitioner.load_partition(pid)["label"]
         except ValueError as exc:
             raise ConfigError(f"run-config key 'partitioner' = '{cfg.partitioner}': {exc}") from exc
+        if len(labels) == 0:
+            raise ConfigError(
+                f"run-config key 'partitioner' = '{cfg.partitioner}': partition {pid} of "
+                f"{num_partitions} is empty ({len(train)} training rows); raise "
+                "'dirichlet-alpha', use fewer clients or more rows ('max-train-samples')")
         counts = Counter(int(x) for x in labels)
         rows.append({
             "partition_id": pid,

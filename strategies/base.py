@@ -179,8 +179,9 @@ class LoraStrategy(FedAvg):
         weights = [float(r[self.weighted_by_key]) for r in log_.replies]
         losses = [float(r["train-loss"]) for r in log_.replies]
         log_.train_loss = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
-        items = [(int(m.metadata.src_node_id), reply_arrays(m), w)
-                 for m, w in zip(accepted, weights, strict=True)]
+        # Summed in node order: the result does not depend on the order replies arrived in.
+        items = sorted(((int(m.metadata.src_node_id), reply_arrays(m), w)
+                        for m, w in zip(accepted, weights, strict=True)), key=lambda x: x[0])
         arrays = self.aggregate(server_round, items)
         log_.released = True
         eps = [float(r["epsilon"]) for r in log_.replies]

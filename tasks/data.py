@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 
 from config import ConfigError, RunConfig
+from tasks.file_checks import check_data_file
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "review", "document")
@@ -54,7 +55,11 @@ def _load_file(path: Path) -> datasets.Dataset:
             f"run-config key 'dataset': unsupported file type '{path.suffix}' for {path}; "
             f"use one of {', '.join(FILE_FORMATS)}"
         )
-    return datasets.load_dataset(builder, data_files=str(path), split="train")
+    check_data_file(path)
+    ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    if len(ds) == 0:
+        raise ConfigError(f"data file {path} has no rows; add rows or point 'dataset' elsewhere")
+    return ds
 
 
 def _looks_like_path(name: str) -> bool:
@@ -168,7 +173,12 @@ def load_splits(cfg: RunConfig) -> Splits:
             f"run-config key 'label-column' = '{cfg.label_column}': no such column in {source}; "
             f"columns are {', '.join(train.column_names)}"
         )
-    labels = label_names(list(train[cfg.label_column]))
+    raw_labels = list(train[cfg.label_column])
+    if None in raw_labels:
+        raise ConfigError(
+            f"{source} ({cfg.train_split}) row {raw_labels.index(None)}: the label "
+            f"('{cfg.label_column}') is missing; fix or remove the row")
+    labels = label_names(raw_labels)
     if len(labels) < 2:
         raise ConfigError(f"{source}: the training split has {len(labels)} distinct label(s); "
                           "classification needs at least 2")
