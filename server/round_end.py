@@ -17,6 +17,7 @@ from config import RunConfig
 from outputs.run_folder import RunFolder
 from privacy.client_level import client_level_report
 from privacy.report import build_report
+from server.local_clients import LocalClients
 from strategies.client_dp import sampled_per_round
 from strategies.round_log import RoundLog
 from tasks.adapter import from_arrays, load_adapter_state
@@ -27,10 +28,11 @@ from tasks.evaluation import evaluate
 class RoundEnd:
     def __init__(self, cfg: RunConfig, run: RunFolder, model, eval_set: TokenizedDataset,
                  pad_token_id: int, num_labels: int, rounds: dict[int, RoundLog],
-                 partitions: list[dict], num_clients: int):
+                 partitions: list[dict], num_clients: int, local: LocalClients | None = None):
         self.cfg, self.run, self.model = cfg, run, model
         self.eval_set, self.pad_token_id, self.num_labels = eval_set, pad_token_id, num_labels
         self.rounds, self.partitions, self.num_clients = rounds, partitions, num_clients
+        self.local = local  # clients with their own data: numbered by node, sized by replies
         self.started = self.last = time.monotonic()
 
     def _client_level(self, server_round: int) -> dict | None:
@@ -52,6 +54,8 @@ class RoundEnd:
         if server_round > 0:
             self.run.save_adapter(self.model, self.run.checkpoint_dir(server_round))
             rlog = self.rounds.get(server_round, RoundLog())
+            if self.local is not None:
+                self.local.observe(rlog)
             # A rejected reply's update is dropped, but its client spent the privacy all the same.
             eps = [float(r["epsilon"]) for r in rlog.replies + rlog.rejected_replies
                    if isinstance(r.get("epsilon"), (int, float)) and not math.isnan(r["epsilon"])]

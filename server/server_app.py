@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from config import ConfigError, from_run_config
 from outputs.run_folder import RunFolder
 from privacy.calibration import check_delta
+from server.local_clients import LocalClients
 from server.round_end import RoundEnd
 from simulations.partitioning import describe
 from strategies.registry import build_strategy, innermost
@@ -38,10 +39,12 @@ def main(grid: Grid, context: Context) -> None:
     random.seed(cfg.seed)  # Flower samples clients with the global `random`
     splits = load_splits(cfg)
     num_clients = wait_for_nodes(grid, cfg.min_clients)
-    partitions = describe(splits.train, cfg, num_clients, splits.num_labels)
-    if cfg.dp_enabled:
-        for p in partitions:
-            check_delta(cfg.delta, p["num_examples"], f"client {p['partition_id']}")
+    partitions: list[dict] = []
+    if cfg.client_data == "partition":  # with their own data, clients check delta themselves
+        partitions = describe(splits.train, cfg, num_clients, splits.num_labels)
+        if cfg.dp_enabled:
+            for p in partitions:
+                check_delta(cfg.delta, p["num_examples"], f"client {p['partition_id']}")
     if cfg.min_clients > num_clients:
         raise ConfigError(f"run-config key 'min-clients' = {cfg.min_clients} exceeds the "
                           f"{num_clients} clients in the federation")
@@ -49,7 +52,13 @@ def main(grid: Grid, context: Context) -> None:
     run = RunFolder.create(cfg)
     run.write_config({**cfg.to_dict(), "output-dir": str(run.root), "num-clients": num_clients,
                       "labels": list(splits.labels), "dataset-source": splits.source})
-    run.write_partitions(partitions, splits.labels, splits.source)
+    local = None
+    if cfg.client_data == "local":
+        local = LocalClients(list(grid.get_node_ids()), run, splits.labels, splits.source)
+        partitions = local.partitions
+        local.write()
+    else:
+        run.write_partitions(partitions, splits.labels, splits.source)
 
     model = seeded_model(cfg, splits.num_labels)
     tokenizer = load_tokenizer(cfg)
@@ -57,7 +66,7 @@ def main(grid: Grid, context: Context) -> None:
                                            cfg.max_length)
     strategy = build_strategy(cfg, num_clients)
     round_end = RoundEnd(cfg, run, model, eval_set, tokenizer.pad_token_id, splits.num_labels,
-                         innermost(strategy).rounds, partitions, num_clients)
+                         innermost(strategy).rounds, partitions, num_clients, local)
     strategy.start(
         grid=grid,
         initial_arrays=to_arrays(adapter_state(model)),
