@@ -12,7 +12,6 @@ from functools import lru_cache
 from typing import Any
 
 from config import ConfigError, RunConfig
-from simulations.partitioning import load_partition
 from tasks.batching import TokenizedDataset
 from tasks.data import NODE_DATA_FIX, check_node_data, load_node_data, load_splits
 from tasks.model import load_tokenizer
@@ -32,6 +31,10 @@ def _tokenizer(cfg: RunConfig):
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str,
                 labels: tuple[str, ...]) -> tuple[TokenizedDataset, int]:
     """(rows, pad token id) for ``split`` = ``train`` or ``eval`` of this client's partition."""
+    # Imported here: flwr-datasets pulls in matplotlib, seaborn and scipy, which a real host
+    # (its own data, no partitioner) never needs and would import at every message.
+    from simulations.partitioning import load_partition
+
     splits = _splits(cfg)
     if splits.labels != labels:
         raise ConfigError(f"client labels {splits.labels} differ from the server's {labels}: "

@@ -103,9 +103,13 @@ def cmd_supernode(args) -> int:
     argv = supernode_argv(args.superlink, args.ca and Path(args.ca), Path(args.key), node_config,
                           args.port, args.insecure)
     home = Path(args.home).expanduser() if args.home else ledger.parent / "flwr-home"
-    print(" ".join(argv), flush=True)
-    os.execvpe(argv[0], argv, flower_env(home))
-    return 1  # not reached
+    print(" ".join(argv), f"(ClientApps: {args.isolation})", flush=True)
+    if args.isolation == "subprocess":  # Flower's own: a fresh interpreter per message
+        os.execvpe(argv[0], argv, flower_env(home))
+    from deploy.warm_clientapp import run_supernode
+
+    os.environ.update(flower_env(home))  # the forked ClientApps install the FAB under it
+    return run_supernode(argv, args.port)
 
 
 def submit(env: dict[str, str], app: Path, run_config: str, log=None,
@@ -206,6 +210,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9094, help="local port for its ClientApps")
     p.add_argument("--node-config", default="", help="more node config, e.g. 'max-epsilon=4'")
     p.add_argument("--home", default="", help="FLWR_HOME (default: next to the ledger folder)")
+    p.add_argument("--isolation", choices=("warm", "subprocess"), default="warm",
+                   help="warm: each message's ClientApp is forked from a process with the "
+                        "libraries loaded (fast); subprocess: Flower's fresh process per message")
     p.set_defaults(func=cmd_supernode)
     p = sub.add_parser("submit", help="submit a run (flwr run) and wait for it")
     _add_link(p)

@@ -24,9 +24,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class LocalCluster:
-    def __init__(self, root: Path, insecure: bool = False):
+    def __init__(self, root: Path, insecure: bool = False, isolation: str = "warm"):
         self.root = Path(root).resolve()
-        self.insecure = insecure
+        self.insecure, self.isolation = insecure, isolation
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.certs = self.root / "server" / "certs"
@@ -92,7 +92,7 @@ class LocalCluster:
         argv = self._deploy("supernode", *self._link_args(), "--key", str(key or self.key(k)),
                             "--data-path", str(data_path), "--ledger-dir", str(host / "ledger"),
                             "--home", str(host / "flwr-home"), "--port", str(free_port()),
-                            "--node-config", node_config)
+                            "--node-config", node_config, "--isolation", self.isolation)
         return self._start(f"node-{k}", argv)
 
     def nodes(self) -> list[dict]:

@@ -32,6 +32,7 @@ def flower_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[s
     env.update({"FLWR_HOME": str(Path(flwr_home).resolve()),
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE"),
+                "FLWR_TELEMETRY_ENABLED": env.get("FLWR_TELEMETRY_ENABLED", "0"),
                 "TOKENIZERS_PARALLELISM": "false"})
     return env
 

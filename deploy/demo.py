@@ -70,12 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workdir", default="")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--isolation", choices=("warm", "subprocess"), default="warm",
+                        help="how each SuperNode starts its ClientApps (see deploy supernode)")
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fedtune-demo-")).resolve()
     started = time.monotonic()
     run = work / "server" / "runs" / "demo"
     problems: list[str] = []
-    with LocalCluster(work) as cluster:
+    with LocalCluster(work, isolation=args.isolation) as cluster:
         try:
             model, server_data, data = make_material(work, args.nodes)
             start_federation(cluster, data)

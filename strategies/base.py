@@ -92,6 +92,7 @@ class LoraStrategy(FedAvg):
         self.max_update_norm = max_update_norm
         self.rounds: dict[int, RoundLog] = {}
         self._sent: dict[int, dict[int, Arrays]] = {}  # round -> node -> what it was sent
+        self._messages: dict[int, list[Message]] = {}  # round -> the train messages sent
 
     # --- what subclasses define -------------------------------------------------------------
 
@@ -130,6 +131,7 @@ class LoraStrategy(FedAvg):
             content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: config})
             messages.append(Message(content=content, message_type=MessageType.TRAIN,
                                     dst_node_id=node))
+        self._messages[server_round] = messages  # the grid fills in their ids when it sends
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -145,8 +147,13 @@ class LoraStrategy(FedAvg):
         # Flower's own consistency check raises on one odd reply; ours drops it instead.
         contents, errors = self._check_and_log_replies(
             [m for m in replies if not is_refusal(m)], is_train=True, validate=False)
+        # An error the SuperLink raised for a node (e.g. "Node Unavailable" after a crash) comes
+        # from the SuperLink's own id: name the node that the failed message was sent to.
+        dst = {m.metadata.message_id: int(m.metadata.dst_node_id)
+               for m in self._messages.pop(server_round, [])}
         log_.failures.extend(
-            {"node": int(m.metadata.src_node_id), "reason": m.error.reason} for m in errors
+            {"node": dst.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id)),
+             "reason": m.error.reason} for m in errors
         )
         sent = self._sent.pop(server_round, None)
         expected = len(sent) if sent is not None else log_.sampled
