@@ -100,8 +100,12 @@ def cmd_supernode(args) -> int:
     ledger.mkdir(parents=True, exist_ok=True)
     node_config = {**parse_run_config(args.node_config), "data-path": str(data),
                    "ledger-dir": str(ledger)}
-    argv = supernode_argv(args.superlink, args.ca and Path(args.ca), Path(args.key), node_config,
-                          args.port, args.insecure)
+    try:
+        argv = supernode_argv(args.superlink, args.ca and Path(args.ca),
+                              args.key and Path(args.key), node_config, args.port, args.insecure)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     home = Path(args.home).expanduser() if args.home else ledger.parent / "flwr-home"
     print(" ".join(argv), f"(ClientApps: {args.isolation})", flush=True)
     if args.isolation == "subprocess":  # Flower's own: a fresh interpreter per message
@@ -204,7 +208,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_register)
     p = sub.add_parser("supernode", help="start a SuperNode on this host's own data")
     _add_link(p)
-    p.add_argument("--key", required=True, help="this node's private key (node-K.key)")
+    p.add_argument("--key", help="this node's private key (node-K.key); not with --insecure")
     p.add_argument("--data-path", required=True, help="this host's data: file or folder")
     p.add_argument("--ledger-dir", required=True, help="this host's privacy-ledger folder")
     p.add_argument("--port", type=int, default=9094, help="local port for its ClientApps")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 INSECURE_WARNING = ("WARNING: --insecure: traffic between SuperLink, SuperNodes and the flwr CLI "
-                    "is plain HTTP, unencrypted and unauthenticated on the wire. Use it only to "
-                    "debug on a trusted network.")
+                    "is plain HTTP, unencrypted, and any SuperNode may join (Flower authenticates "
+                    "nodes only over TLS). Use it only to debug on a trusted network.")
 
 
 def warn_insecure(insecure: bool) -> None:
@@ -51,34 +51,35 @@ def config_arg(values: Mapping[str, Any]) -> str:
 
 def superlink_argv(certs: Path, state_dir: Path, host: str, port: int,
                    insecure: bool = False) -> list[str]:
-    """A SuperLink with TLS, node authentication and its state in ``state_dir/superlink.db``."""
+    """A SuperLink with TLS, node authentication and its state in ``state_dir/superlink.db``
+    (Flower refuses node authentication without TLS, so ``insecure`` drops both)."""
     argv = ["flower-superlink", "--host", host, "--port", str(port),
             "--database", str(Path(state_dir).resolve() / "superlink.db"),
-            "--enable-supernode-auth", "--disable-runtime-dependency-installation"]
+            "--disable-runtime-dependency-installation"]
     if insecure:
         return [*argv, "--insecure"]
     certs = Path(certs).resolve()
-    return [*argv, "--ssl-certfile", str(certs / "server.pem"),
+    return [*argv, "--enable-supernode-auth", "--ssl-certfile", str(certs / "server.pem"),
             "--ssl-keyfile", str(certs / "server.key"),
             "--ssl-ca-certfile", str(certs / "ca.crt")]
 
 
-def supernode_argv(superlink: str, ca_cert: Path | None, private_key: Path,
+def supernode_argv(superlink: str, ca_cert: Path | None, private_key: Path | None,
                    node_config: Mapping[str, Any], runtime_port: int,
                    insecure: bool = False) -> list[str]:
     """A SuperNode that authenticates with ``private_key`` and verifies the SuperLink against
     ``ca_cert``. ``runtime_port`` is its local port for the ClientApp processes it starts (one
     per message); each SuperNode on a host needs its own."""
     argv = ["flower-supernode", "--superlink", superlink,
-            "--auth-supernode-private-key", str(Path(private_key).resolve()),
             "--node-config", config_arg(node_config),
             "--host", "127.0.0.1", "--port", str(runtime_port)]
     if insecure:
         return [*argv, "--insecure"]
-    if ca_cert is None:
-        raise ValueError("give the CA certificate (ca.crt) to verify the SuperLink, "
-                         "or --insecure")
-    return [*argv, "--root-certificates", str(Path(ca_cert).resolve())]
+    if ca_cert is None or private_key is None:
+        raise ValueError("give the CA certificate (ca.crt) to verify the SuperLink and this "
+                         "node's private key, or --insecure")
+    return [*argv, "--root-certificates", str(Path(ca_cert).resolve()),
+            "--auth-supernode-private-key", str(Path(private_key).resolve())]
 
 
 def register_argv(public_key: Path, connection: str) -> list[str]:

@@ -50,6 +50,7 @@ def test_superlink_is_tls_with_node_auth_unless_insecure(tmp_path):
     assert "--disable-runtime-dependency-installation" in argv
     plain = superlink_argv(tmp_path, tmp_path, "0.0.0.0", 9092, insecure=True)
     assert "--insecure" in plain and "--ssl-certfile" not in plain
+    assert "--enable-supernode-auth" not in plain  # Flower refuses node auth without TLS
 
 
 def test_supernode_needs_the_ca_or_an_explicit_insecure(tmp_path):
@@ -57,9 +58,12 @@ def test_supernode_needs_the_ca_or_an_explicit_insecure(tmp_path):
     argv = supernode_argv("h:1", tmp_path / "ca.crt", tmp_path / "k", cfg, 9100)
     assert argv[argv.index("--root-certificates") + 1] == str(tmp_path / "ca.crt")
     assert dict(parse_config_args([argv[argv.index("--node-config") + 1]])) == cfg
+    assert argv[argv.index("--auth-supernode-private-key") + 1] == str(tmp_path / "k")
     with pytest.raises(ValueError, match="CA certificate"):
         supernode_argv("h:1", None, tmp_path / "k", cfg, 9100)
-    assert "--insecure" in supernode_argv("h:1", None, tmp_path / "k", cfg, 9100, insecure=True)
+    with pytest.raises(ValueError, match="private key"):
+        supernode_argv("h:1", tmp_path / "ca.crt", None, cfg, 9100)
+    assert "--insecure" in supernode_argv("h:1", None, None, cfg, 9100, insecure=True)
     assert config_arg({"a": 1, "b": True}) == "a=1 b=true"
 
 
