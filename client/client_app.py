@@ -8,12 +8,14 @@ rule) and tells the server that rank through a query message.
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.faults import fault_mod
 from client.local_data import client_rows
 from client.noise_seed import round_seed
 from client.rank import client_rank
@@ -35,7 +37,7 @@ from tasks.evaluation import evaluate
 from tasks.lora_layout import lora_a_digest, travelling_keys
 from tasks.model import build_model
 
-app = ClientApp(mods=[client_clipping_mod])
+app = ClientApp(mods=[fault_mod, client_clipping_mod])
 
 # Known and harmless here: Opacus's note that its RNG is not cryptographic (secure_mode is a
 # deployment choice), and torch's note on full backward hooks over frozen inputs (LoRA).
@@ -87,6 +89,14 @@ def _ledger(cfg: RunConfig, context: Context, rows) -> Ledger | None:
     return Ledger.open(folder, fingerprint(rows.texts, rows.labels), len(rows))
 
 
+def _resumed_state(config: ConfigRecord, pid: int) -> dict | None:
+    """A resumed run starts with empty ``context.state``: take the privacy state this client
+    last reported, as the server checkpointed it (its on-disk ledger, if any, still decides
+    which rounds were already charged)."""
+    text = config.get("resume-privacy")
+    return json.loads(text).get(str(pid)) if text else None
+
+
 def _metrics(pid: int, n: int, rank: int, state: PrivacyState, cfg: RunConfig,
              train_loss: float, steps: int, eps: float, refused: bool) -> MetricRecord:
     return MetricRecord({
@@ -126,7 +136,8 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config["server-round"])
     run_key = str(config.get("run-key", context.run_id))
     charge_id = f"{run_key}/round-{server_round}"
-    state = PrivacyState.from_record(context.state.get("privacy"))
+    state = PrivacyState.from_record(context.state.get("privacy")
+                                     or _resumed_state(config, pid))
     n = len(rows)
     budget = None
     if cfg.dp_enabled:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,9 @@ class RunConfig:
     classes_per_client: int = 1
     seed: int = 42
     output_dir: str = ""
+    resume: bool = False
+    round_timeout: float = 3600.0
+    fault_injection: str = ""
     eval_batch_size: int = 128
     client_threads: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -219,6 +223,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     positive("dirichlet-alpha", cfg.dirichlet_alpha)
     _check(cfg.classes_per_client >= 1, "classes-per-client", cfg.classes_per_client,
            "must be >= 1")
+    _check(not cfg.resume or bool(cfg.output_dir.strip()), "resume", cfg.resume,
+           "resume = true needs 'output-dir' set to the run folder to continue")
+    positive("round-timeout", cfg.round_timeout)
+    _check(all(re.fullmatch(r"\d+:\d+:(raise|garbage|hang)", x.strip())
+               for x in cfg.fault_injection.split(",") if x.strip()),
+           "fault-injection", cfg.fault_injection,
+           "give '<partition>:<round>:<raise|garbage|hang>' items separated by commas, "
+           "e.g. '1:2:raise' (empty = no faults; for testing only)")
     _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     _check(cfg.eval_batch_size >= 1, "eval-batch-size", cfg.eval_batch_size, "must be >= 1")
     _check(cfg.client_threads >= 1, "client-threads", cfg.client_threads, "must be >= 1")

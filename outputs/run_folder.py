@@ -1,7 +1,9 @@
 """The run folder contract (``runs/<name>/``), which other tools read exactly.
 
 ``config.json``, ``partitions.json`` + ``.png``, ``metrics.jsonl`` (one line per evaluated round),
-``checkpoints/round-NNN/`` and ``final/`` (PEFT adapters), ``privacy/report.json``.
+``checkpoints/round-NNN/`` and ``final/`` (PEFT adapters; a checkpoint also holds the server's
+state for ``resume`` and a ``manifest.json`` of checksums), ``privacy/report.json``, and
+``failed.json`` while a run is stopped by an error (removed when a resume completes it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from config import ConfigError, RunConfig
-from outputs.atomic import append_line, replace_dir, write_json
+from outputs.atomic import append_line, write_json, write_text
+from outputs.checkpoint import write_checkpoint
 from outputs.plots import partitions_png
 
 
@@ -22,13 +25,20 @@ class RunFolder:
 
     @classmethod
     def create(cls, cfg: RunConfig) -> RunFolder:
-        """Make a fresh run folder; an existing run is never overwritten."""
+        """Make a fresh run folder, or open the one to resume; a run is never overwritten."""
         name = cfg.output_dir or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         folder = cls(name)
+        if cfg.resume:
+            if not folder.config_path.is_file():
+                raise ConfigError(
+                    f"run-config key 'resume' = true: {folder.root} holds no run to resume "
+                    "(config.json is missing); point output-dir at an earlier run folder, or "
+                    "drop resume to start a new run")
+            return folder
         if folder.metrics_path.exists():
             raise ConfigError(
                 f"run-config key 'output-dir': {folder.root} already holds a run "
-                "(metrics.jsonl exists); choose a new output-dir"
+                "(metrics.jsonl exists); choose a new output-dir, or set resume=true to continue it"
             )
         folder.root.mkdir(parents=True, exist_ok=True)
         return folder
@@ -40,8 +50,19 @@ class RunFolder:
     privacy_dir = property(lambda self: self.root / "privacy")
     privacy_report_path = property(lambda self: self.root / "privacy" / "report.json")
 
+    failure_path = property(lambda self: self.root / "failed.json")
+
     def checkpoint_dir(self, server_round: int) -> Path:
         return self.root / "checkpoints" / f"round-{server_round:03d}"
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(round, folder) of every checkpoint, newest first."""
+        found = []
+        for p in (self.root / "checkpoints").glob("round-*"):
+            suffix = p.name.removeprefix("round-")
+            if p.is_dir() and suffix.isdigit():
+                found.append((int(suffix), p))
+        return sorted(found, reverse=True)
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_json(self.config_path, config)
@@ -55,20 +76,37 @@ class RunFolder:
         append_line(self.metrics_path, json.dumps(line, allow_nan=False))
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete line; a torn last line (a crash mid-append) is dropped, not fatal."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+        lines = []
+        for x in self.metrics_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(x))
+            except ValueError:
+                continue
+        return lines
 
-    def save_adapter(self, peft_model, target: Path) -> None:
-        """``save_pretrained`` into a temp folder, then swap it in whole."""
-        tmp = target.with_name(f".{target.name}.tmp")
-        if tmp.exists():
-            import shutil
+    def rewrite_metrics(self, lines: list[dict[str, Any]]) -> None:
+        write_text(self.metrics_path,
+                   "".join(json.dumps(x, allow_nan=False) + "\n" for x in lines))
 
-            shutil.rmtree(tmp)
-        peft_model.save_pretrained(str(tmp))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        replace_dir(tmp, target)
+    def save_adapter(self, peft_model, target: Path, server_state=None, meta=None) -> None:
+        """``save_pretrained`` (plus the server's state, if given) into a temp folder with a
+        checksum manifest, then swap it in whole."""
+
+        def fill(tmp: Path) -> None:
+            peft_model.save_pretrained(str(tmp))
+            if server_state is not None:
+                server_state(tmp)
+
+        write_checkpoint(target, fill, meta or {})
+
+    def write_failure(self, info: dict[str, Any]) -> None:
+        write_json(self.failure_path, info)
+
+    def clear_failure(self) -> None:
+        self.failure_path.unlink(missing_ok=True)
 
     def write_privacy_report(self, report: dict[str, Any]) -> None:
         """``report.json`` for machines, then ``report.md`` + ``epsilon.png`` for people."""

@@ -18,6 +18,8 @@ from outputs.run_folder import RunFolder
 from privacy.client_level import client_level_report
 from privacy.report import build_report
 from server.local_clients import LocalClients
+from server.resume import state_writer
+from strategies.base import from_record
 from strategies.client_dp import sampled_per_round
 from strategies.round_log import RoundLog
 from tasks.adapter import from_arrays, load_adapter_state
@@ -27,11 +29,16 @@ from tasks.evaluation import evaluate
 
 class RoundEnd:
     def __init__(self, cfg: RunConfig, run: RunFolder, model, eval_set: TokenizedDataset,
-                 pad_token_id: int, num_labels: int, rounds: dict[int, RoundLog],
-                 partitions: list[dict], num_clients: int, local: LocalClients | None = None):
+                 pad_token_id: int, num_labels: int, strategy, partitions: list[dict],
+                 num_clients: int, latest: ArrayRecord, resumed: dict | None = None,
+                 local: LocalClients | None = None):
         self.cfg, self.run, self.model = cfg, run, model
         self.eval_set, self.pad_token_id, self.num_labels = eval_set, pad_token_id, num_labels
-        self.rounds, self.partitions, self.num_clients = rounds, partitions, num_clients
+        self.strategy, self.partitions, self.num_clients = strategy, partitions, num_clients
+        self.rounds: dict[int, RoundLog] = strategy.rounds
+        self.latest = latest  # Flower's Result.arrays stays empty if no round released one
+        self.resumed = resumed  # written into the first line after a resume
+        self.completed = -1
         self.local = local  # clients with their own data: numbered by node, sized by replies
         self.started = self.last = time.monotonic()
 
@@ -47,12 +54,11 @@ class RoundEnd:
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_adapter_state(self.model, from_arrays(arrays))
-        self.latest = arrays  # Flower's Result.arrays stays empty if no round released one
+        self.latest = arrays
         metrics = evaluate(self.model, self.eval_set, self.pad_token_id,
                            self.cfg.eval_batch_size, self.num_labels)
         line: dict = {"round": server_round, **metrics}
         if server_round > 0:
-            self.run.save_adapter(self.model, self.run.checkpoint_dir(server_round))
             rlog = self.rounds.get(server_round, RoundLog())
             if self.local is not None:
                 self.local.observe(rlog)
@@ -77,11 +83,20 @@ class RoundEnd:
             self.run.write_privacy_report(build_report(
                 self.cfg, self.partitions, self.rounds, self._client_level(server_round),
                 crosscheck_now=server_round == self.cfg.num_server_rounds))
+        if self.resumed is not None:
+            line["resumed"], self.resumed = self.resumed, None
         now = time.monotonic()
         line["wall_s"] = round(now - self.last, 3)
         line["elapsed_s"] = round(now - self.started, 3)
         self.last = now
         self.run.append_metrics(line)
+        if server_round > 0:  # last: the checkpoint commits the round (resume starts after it)
+            self.run.save_adapter(
+                self.model, self.run.checkpoint_dir(server_round),
+                server_state=state_writer(server_round, from_record(arrays),
+                                          self.strategy.state_arrays(), self.rounds),
+                meta={"round": server_round})
+        self.completed = server_round
         log(INFO, "round %s: %s", server_round,
             {k: v for k, v in line.items() if k in ("accuracy", "loss", "epsilon_max", "wall_s")})
         return MetricRecord({k: float(v) for k, v in metrics.items()})

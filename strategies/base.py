@@ -67,6 +67,7 @@ def reply_info(msg: Message) -> dict:
     if privacy is not None:
         out["history"] = [(float(s), float(q), int(n)) for s, q, n in zip(
             privacy["history-sigma"], privacy["history-q"], privacy["history-steps"], strict=True)]
+        out["privacy-state"] = dict(privacy)  # what a resumed run hands back to this client
     return out
 
 
@@ -110,6 +111,17 @@ class LoraStrategy(FedAvg):
                   ) -> ArrayRecord:
         """The new global adapter from (node, arrays, weight) of the valid replies."""
 
+    # --- resuming ---------------------------------------------------------------------------
+
+    def state_arrays(self) -> Arrays:
+        """Server-side state beyond the global adapter, saved in every checkpoint."""
+        return {f"optimizer/{k}": v for k, v in self.optimizer.state().items()}
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray],
+                          global_arrays: Mapping[str, np.ndarray]) -> None:
+        self.optimizer.load_state({k.removeprefix("optimizer/"): v for k, v in arrays.items()
+                                   if k.startswith("optimizer/")})
+
     # --- the round --------------------------------------------------------------------------
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -119,7 +131,7 @@ class LoraStrategy(FedAvg):
         log_ = self.rounds[server_round] = RoundLog(sampled=len(sampled))
         nodes = [int(m.metadata.dst_node_id) for m in sampled]
         payloads, left_out = self.payloads(server_round, nodes, grid)
-        log_.failures.extend(left_out)
+        log_.failures.extend({"kind": "left-out", **x} for x in left_out)
         self._sent[server_round] = payloads
         log_.bytes_down = sum(record_bytes(p) for p in payloads.values())
         records: dict[int, ArrayRecord] = {}  # one record per distinct payload, not per node
@@ -151,16 +163,16 @@ class LoraStrategy(FedAvg):
         # from the SuperLink's own id: name the node that the failed message was sent to.
         dst = {m.metadata.message_id: int(m.metadata.dst_node_id)
                for m in self._messages.pop(server_round, [])}
+
+        def node_of(m: Message) -> int:
+            return dst.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id))
+
         log_.failures.extend(
-            {"node": dst.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id)),
-             "reason": m.error.reason} for m in errors
+            {"node": node_of(m), "kind": "error", "reason": m.error.reason} for m in errors
         )
         sent = self._sent.pop(server_round, None)
-        expected = len(sent) if sent is not None else log_.sampled
-        missing = expected - len(replies)
-        if missing > 0:
-            log_.failures.append({"node": None, "reason": f"{missing} sampled client(s) did not "
-                                                          "reply before the timeout"})
+        log_.failures.extend(_missing(sent, {node_of(m) for m in replies}, len(replies),
+                                      log_.sampled))
         accepted = self._validate(contents, sent, log_)
         if len(accepted) < self.min_replies <= len(accepted) + len(refusals):
             log(WARNING, "round %s: %s valid replies, %s budget refusals: global adapter kept",
@@ -168,8 +180,7 @@ class LoraStrategy(FedAvg):
             log_.replies = [reply_info(m) for m in accepted]
             return None, None
         if len(accepted) < self.min_replies:
-            problems = log_.failures + log_.rejected
-            reasons = "; ".join(f"node {f['node']}: {f['reason']}" for f in problems)
+            reasons = "; ".join(f"node {f['node']}: {f['reason']}" for f in log_.failures)
             raise TooFewRepliesError(
                 f"round {server_round}: {len(accepted)} valid replies of {log_.sampled} sampled, "
                 f"below min-clients = {self.min_replies}. {reasons or 'No error was reported.'}"
@@ -207,6 +218,7 @@ class LoraStrategy(FedAvg):
                 continue
             log(WARNING, "rejected the reply of node %s: %s", node, reason)
             log_.rejected.append({"node": node, "reason": reason})
+            log_.failures.append({"node": node, "kind": "invalid", "reason": reason})
             try:  # the client spent privacy on it all the same: keep it for the report
                 log_.rejected_replies.append(reply_info(msg))
             except (StopIteration, TypeError, ValueError):
@@ -223,6 +235,18 @@ class LoraStrategy(FedAvg):
                 k: float(v) for k, v in metrics.items() if k != "partition-id"
             }
         return metrics
+
+
+def _missing(sent: dict[int, Arrays] | None, replied: set[int], num_replies: int,
+             sampled: int) -> list[dict]:
+    """One failure per node that was sent the adapter but never replied (crashed or too slow)."""
+    if sent is None:
+        n = sampled - num_replies
+        return [{"node": None, "kind": "timeout", "reason": f"{n} sampled client(s) did not "
+                 "reply within round-timeout"}] if n > 0 else []
+    return [{"node": node, "kind": "timeout",
+             "reason": "no reply within round-timeout (the client crashed, hung or was too slow)"}
+            for node in sent if node not in replied]
 
 
 def _reply_bytes(msg: Message) -> int:

@@ -50,6 +50,24 @@ class HeteroRankLora(LoraStrategy):
             self.delta_w[module] = lora_delta(b, a, lora_scaling(self.lora_alpha, a.shape[0]))
         self.head = {k: state[k] for k in head_keys(state)}
 
+    def state_arrays(self) -> Arrays:
+        """The exact delta-W (the checkpointed adapter is only its rank-``lora-r`` truncation)."""
+        out = super().state_arrays()
+        if self.delta_w is not None:
+            out.update({f"delta-w/{m}": d for m, d in self.delta_w.items()})
+            out.update({f"head/{k}": v for k, v in self.head.items()})
+        return out
+
+    def load_state_arrays(self, arrays, global_arrays) -> None:
+        super().load_state_arrays(arrays, global_arrays)
+        delta = {k.removeprefix("delta-w/"): np.asarray(v, dtype=np.float64)
+                 for k, v in arrays.items() if k.startswith("delta-w/")}
+        if delta:
+            self.delta_w = delta
+            self.head = {k.removeprefix("head/"): np.asarray(v) for k, v in arrays.items()
+                         if k.startswith("head/")}
+            self.keys = list(global_arrays)
+
     def factors(self, rank: int) -> Arrays:
         """The global state as a rank-``rank`` adapter, in the model's key order."""
         scaling = lora_scaling(self.lora_alpha, rank)

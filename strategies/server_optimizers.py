@@ -36,6 +36,19 @@ class ServerOptimizer:
         """New global state from the current one and this round's weighted mean."""
         return dict(mean)
 
+    def state(self) -> Arrays:
+        """What a resumed run needs to continue exactly (momentum, moments), keyed flat."""
+        return {f"{slot}/{k}": v for slot in self.slots
+                if (d := getattr(self, slot)) is not None for k, v in d.items()}
+
+    def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        for slot in self.slots:
+            part = {k.removeprefix(slot + "/"): np.asarray(v) for k, v in arrays.items()
+                    if k.startswith(slot + "/")}
+            setattr(self, slot, part or None)
+
+    slots: tuple[str, ...] = ()
+
 
 def _delta(current: Mapping[str, np.ndarray], mean: Mapping[str, np.ndarray]) -> Arrays:
     if set(current) != set(mean):
@@ -52,6 +65,7 @@ class FedAvgM(ServerOptimizer):
     """Hsu et al. 2019, as Flower's ``FedAvgM``: SGD with momentum on old - mean."""
 
     name = "fedavgm"
+    slots = ("velocity",)
 
     def __init__(self, lr: float, momentum: float):
         self.lr, self.momentum = lr, momentum
@@ -73,6 +87,7 @@ class FedAdam(ServerOptimizer):
     """Reddi et al. 2021, as Flower's ``FedAdam`` (with its bias-corrected step size)."""
 
     name = "fedadam"
+    slots = ("m", "v")
 
     def __init__(self, lr: float, beta_1: float, beta_2: float = BETA_2, tau: float = TAU):
         self.lr, self.beta_1, self.beta_2, self.tau = lr, beta_1, beta_2, tau

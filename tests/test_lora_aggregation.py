@@ -149,7 +149,8 @@ def test_a_node_that_does_not_report_its_rank_sits_the_round_out(hetero):
     outs = [reply(n, train_like(sent_arrays(m), n), 1) for n, m in messages.items()]
     strategy.aggregate_train(1, outs)
     failures = strategy.rounds[1].failures
-    assert failures == [{"node": 3, "reason": "did not answer the LoRA-rank query"}]
+    assert failures == [{"kind": "left-out", "node": 3,
+                         "reason": "did not answer the LoRA-rank query"}]
 
 
 def test_factorise_is_exact_up_to_rank_and_best_beyond():

@@ -35,7 +35,9 @@ def test_each_bad_reply_is_rejected_with_its_reason_and_never_averaged_in():
     assert [r["node"] for r in log.rejected] == [2, 3, 4, 5]
     for entry in log.rejected:
         assert REASONS[entry["node"]] in entry["reason"], entry
-    assert log.clients == 1 and log.failures == []
+    assert log.clients == 1
+    # Each rejection is also a failure of its round, marked as an invalid reply.
+    assert [(f["node"], f["kind"]) for f in log.failures] == [(n, "invalid") for n in (2, 3, 4, 5)]
     for key, value in arrays.items():  # the mean of the one valid reply is that reply
         np.testing.assert_allclose(value.numpy(), out[1][key], atol=1e-7)
     assert len(log.rejected_replies) == 4  # their privacy spend is still on record
@@ -107,8 +109,11 @@ def test_rejections_reach_metrics_jsonl(tiny_model, toy_data, tmp_path):
     rounds = {1: RoundLog(sampled=2, replies=[good],
                           rejected=[{"node": 2, "reason": "non-finite values (NaN/inf) in 'x'"}],
                           rejected_replies=[{"node": 2, "epsilon": 3.0}])}
-    RoundEnd(cfg, run, model, eval_set, tok.pad_token_id, 2, rounds, [], 3)(
-        1, to_arrays(adapter_state(model)))
+    strategy = LoraFedAvg(min_replies=1)
+    strategy.rounds.update(rounds)
+    arrays = to_arrays(adapter_state(model))
+    RoundEnd(cfg, run, model, eval_set, tok.pad_token_id, 2, strategy, [], 3, latest=arrays)(
+        1, arrays)
     line = json.loads(run.metrics_path.read_text().splitlines()[-1])
     assert line["rejected"] == [{"node": 2, "reason": "non-finite values (NaN/inf) in 'x'"}]
     assert line["clients"] == 1 and line["epsilon_max"] == 3.0
@@ -129,5 +134,6 @@ def test_an_error_the_superlink_raised_names_the_node_that_was_lost():
         message_type="train"))
     replies = [reply(n, train_like(sent_arrays(messages[n]), n), 10) for n in (7, 8)]
     strategy.aggregate_train(1, [*replies, lost])
-    assert strategy.rounds[1].failures == [{"node": 9, "reason": "Error: Node Unavailable"}]
+    assert strategy.rounds[1].failures == [  # one entry: not also a "timeout" for node 9
+        {"node": 9, "kind": "error", "reason": "Error: Node Unavailable"}]
     assert strategy.rounds[1].clients == 2

@@ -1,0 +1,132 @@
+"""What a checkpoint holds beyond the PEFT adapter, and how a run continues from one.
+
+Continuing exactly needs more than the adapter: the strategy's own state (server-optimiser
+moments, hetero-rank's full delta-W), the round logs (the metrics and the privacy report are built
+from them), Python's ``random`` state (Flower samples clients with it) and every client's privacy
+state. Clients keep theirs in ``context.state``, which a new ``flwr run`` does not have, so the
+server hands each client its last reported state back (``resume-privacy``); a client with an
+on-disk ledger trusts the ledger, whose charge ids make a replayed round free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from logging import WARNING
+from pathlib import Path
+
+import numpy as np
+from flwr.supercore import log
+from safetensors.numpy import load_file, save_file
+
+from config import ConfigError, RunConfig
+from outputs.checkpoint import damage
+from outputs.run_folder import RunFolder
+from strategies.round_log import RoundLog
+
+STATE_JSON = "server-state.json"
+STATE_ARRAYS = "server-arrays.safetensors"
+# Settings a resumed run may change; every other one must match the run's config.json.
+MAY_CHANGE = {"resume", "num-server-rounds", "round-timeout", "min-clients", "output-dir",
+              "eval-batch-size", "client-threads", "fraction-evaluate"}
+
+
+def state_writer(server_round: int, arrays: dict[str, np.ndarray],
+                 strategy_state: dict[str, np.ndarray], rounds: dict[int, RoundLog]):
+    """The ``server_state`` callback for :meth:`RunFolder.save_adapter`."""
+
+    def write(folder: Path) -> None:
+        tensors = {f"global/{k}": np.ascontiguousarray(v) for k, v in arrays.items()}
+        tensors.update({f"state/{k}": np.ascontiguousarray(v) for k, v in strategy_state.items()})
+        save_file(tensors, str(folder / STATE_ARRAYS))
+        (folder / STATE_JSON).write_text(json.dumps({
+            "round": server_round,
+            "random_state": _jsonable(random.getstate()),
+            "rounds": {str(r): dataclasses.asdict(x) for r, x in rounds.items()
+                       if r <= server_round},
+        }, allow_nan=True))
+
+    return write
+
+
+@dataclass
+class ResumePoint:
+    round: int
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # empty: start from the model
+    strategy_state: dict[str, np.ndarray] = field(default_factory=dict)
+    rounds: dict[int, RoundLog] = field(default_factory=dict)
+    random_state: tuple | None = None
+    skipped: list[dict] = field(default_factory=list)  # damaged checkpoints: round + reason
+
+    def client_states(self) -> dict[str, dict]:
+        """partition id -> the privacy state that client last reported (a refusal included)."""
+        out: dict[str, dict] = {}
+        for r in sorted(self.rounds):
+            log_ = self.rounds[r]
+            for reply in log_.replies + log_.rejected_replies + log_.refused:
+                if "privacy-state" in reply and "partition-id" in reply:
+                    out[str(int(reply["partition-id"]))] = reply["privacy-state"]
+        return out
+
+    def describe(self) -> dict:
+        return {"from_round": self.round, "damaged_checkpoints": self.skipped}
+
+
+def check_settings(run: RunFolder, cfg: RunConfig, num_clients: int) -> dict:
+    """The stored config.json, after checking the resumed run changes nothing it must not."""
+    stored = json.loads(run.config_path.read_text())
+    for key, value in cfg.to_dict().items():
+        if key in MAY_CHANGE or key not in stored or stored[key] == value:
+            continue
+        raise ConfigError(
+            f"run-config key '{key}' = {value!r} differs from the run being resumed "
+            f"({stored[key]!r} in {run.config_path}); a resumed run must keep it: set it back, "
+            "or start a new run without resume")
+    if int(stored.get("num-clients", num_clients)) != num_clients:
+        raise ConfigError(
+            f"resume: the run had {stored['num-clients']} clients and this federation has "
+            f"{num_clients}; partitions (and privacy budgets) follow the client count, so "
+            "resume with the same number of clients (num-supernodes)")
+    return stored
+
+
+def load_resume_point(run: RunFolder) -> ResumePoint:
+    """The newest intact checkpoint; damaged ones are reported and skipped."""
+    skipped = []
+    for server_round, folder in run.checkpoints():
+        reason = damage(folder) or _missing_state(folder)
+        if reason:
+            log(WARNING, "resume: checkpoint round %s is damaged (%s); trying the one before",
+                server_round, reason)
+            skipped.append({"round": server_round, "reason": reason})
+            continue
+        data = json.loads((folder / STATE_JSON).read_text())
+        tensors = load_file(str(folder / STATE_ARRAYS))
+        return ResumePoint(
+            round=int(data["round"]),
+            arrays={k.removeprefix("global/"): v for k, v in tensors.items()
+                    if k.startswith("global/")},
+            strategy_state={k.removeprefix("state/"): v for k, v in tensors.items()
+                            if k.startswith("state/")},
+            rounds={int(r): RoundLog(**x) for r, x in data["rounds"].items()},
+            random_state=_tupled(data["random_state"]),
+            skipped=skipped,
+        )
+    return ResumePoint(round=0, skipped=skipped)
+
+
+def _missing_state(folder: Path) -> str | None:
+    for name in (STATE_JSON, STATE_ARRAYS):
+        if not (folder / name).is_file():
+            return f"{folder / name} is missing (a checkpoint from before resume support?)"
+    return None
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tupled(x):
+    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
