@@ -93,6 +93,6 @@ def test_a_node_killed_in_round_1_does_not_stop_the_run(federation):
     assert [x["round"] for x in lines] == [0, 1, 2]
     first, second = lines[1], lines[2]
     assert first["sampled"] == NODES and first["clients"] == NODES - 1
-    assert [f["node"] for f in first["failures"]] == [victim_id]
+    assert [(f["node"], f["kind"]) for f in first["failures"]] == [(victim_id, "error")]
     assert second["clients"] == NODES - 1 and second["failures"] == []
     assert (run / "final" / "adapter_model.safetensors").is_file()
