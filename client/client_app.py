@@ -16,7 +16,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.faults import fault_mod
-from client.local_data import client_data
+from client.local_data import client_rows
+from client.noise_seed import round_seed
 from client.rank import client_rank
 from client.trainer import train_local
 from config import RunConfig, from_run_config
@@ -46,10 +47,8 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 def _data(msg: Message, context: Context, cfg: RunConfig, split: str):
     torch.set_num_threads(cfg.client_threads)
-    pid = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
     labels = tuple(msg.content["config"]["labels"])
-    rows, pad_id = client_data(cfg, pid, num_partitions, split, labels)
+    pid, rows, pad_id = client_rows(cfg, context.node_config, split, labels)
     return pid, rows, pad_id, labels
 
 
@@ -78,9 +77,13 @@ def _check_shared_a(model, expected: str) -> None:
         )
 
 
-def _ledger(cfg: RunConfig, context: Context, rows) -> Ledger | None:
+def _ledger_dir(cfg: RunConfig, context: Context) -> str:
     """On real hosts the node config names the ledger folder; in simulation the run config may."""
-    folder = context.node_config.get("ledger-dir") or cfg.ledger_dir
+    return str(context.node_config.get("ledger-dir") or cfg.ledger_dir)
+
+
+def _ledger(cfg: RunConfig, context: Context, rows) -> Ledger | None:
+    folder = _ledger_dir(cfg, context)
     if not folder:
         return None
     return Ledger.open(folder, fingerprint(rows.texts, rows.labels), len(rows))
@@ -153,8 +156,8 @@ def train(msg: Message, context: Context) -> Message:
             }), reply_to=msg)
         budget.charge(charge_id, decision)
     model = _model(msg, cfg, len(labels), "train", rank)
-    result = train_local(model, rows, pad_id, cfg, state,
-                         seed=cfg.seed * 1_000_003 + pid * 1_009 + server_round)
+    seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
+    result = train_local(model, rows, pad_id, cfg, state, seed=seed)
     if budget is not None:
         budget.settle(decision)
     state.rounds_trained += 1

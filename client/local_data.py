@@ -1,4 +1,5 @@
-"""A client's own tokenised rows: its partition of the training set and of the evaluation set.
+"""A client's own tokenised rows: its partition of the run's dataset (simulation) or the files
+its node config ``data-path`` names (real hosts, ``client-data = local``).
 
 Cached per process: in a simulation, Ray keeps client workers alive across rounds, so each worker
 reads and tokenises a partition once instead of once per message.
@@ -6,12 +7,13 @@ reads and tokenises a partition once instead of once per message.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 from config import ConfigError, RunConfig
-from simulations.partitioning import load_partition
 from tasks.batching import TokenizedDataset
-from tasks.data import load_splits
+from tasks.data import NODE_DATA_FIX, check_node_data, load_node_data, load_splits
 from tasks.model import load_tokenizer
 
 
@@ -29,6 +31,10 @@ def _tokenizer(cfg: RunConfig):
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str,
                 labels: tuple[str, ...]) -> tuple[TokenizedDataset, int]:
     """(rows, pad token id) for ``split`` = ``train`` or ``eval`` of this client's partition."""
+    # Imported here: flwr-datasets pulls in matplotlib, seaborn and scipy, which a real host
+    # (its own data, no partitioner) never needs and would import at every message.
+    from simulations.partitioning import load_partition
+
     splits = _splits(cfg)
     if splits.labels != labels:
         raise ConfigError(f"client labels {splits.labels} differ from the server's {labels}: "
@@ -41,3 +47,41 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     tokenizer = _tokenizer(cfg)
     rows = TokenizedDataset.from_texts(tokenizer, part["text"], part["label"], cfg.max_length)
     return rows, tokenizer.pad_token_id
+
+
+@lru_cache(maxsize=8)
+def node_data(cfg: RunConfig, data_path: str, split: str, labels: tuple[str, ...]
+              ) -> tuple[TokenizedDataset, int]:
+    """(rows, pad token id) for ``split`` of this host's own data (node config ``data-path``)."""
+    splits = load_node_data(cfg, data_path, labels)
+    part = splits.train if split == "train" else splits.eval
+    tokenizer = _tokenizer(cfg)
+    rows = TokenizedDataset.from_texts(tokenizer, part["text"], part["label"], cfg.max_length)
+    return rows, tokenizer.pad_token_id
+
+
+def client_rows(cfg: RunConfig, node_config: Mapping[str, Any], split: str,
+                labels: tuple[str, ...]) -> tuple[int, TokenizedDataset, int]:
+    """(partition id, rows, pad token id): the node's own ``data-path`` under ``client-data =
+    local``, its ``partition-id`` share of ``dataset`` otherwise. On a real host the partition id
+    is only a label (-1 when unset); the server numbers clients by node."""
+    pid = int(node_config.get("partition-id", -1))
+    data_path = str(node_config.get("data-path", "") or "")
+    if cfg.client_data == "local":
+        if not data_path:
+            raise ConfigError("run-config key 'client-data' = 'local' but this node has no node "
+                              "config 'data-path'; start flower-supernode with --node-config "
+                              f"\"data-path='/path/to/data'\" ({NODE_DATA_FIX})")
+        check_node_data(data_path)
+        return (pid, *node_data(cfg, data_path, split, labels))
+    if data_path:
+        raise ConfigError(f"node config 'data-path' = {data_path!r} is set but the run was "
+                          "submitted with client-data = 'partition' (a share of the server's "
+                          "dataset); submit with --run-config \"client-data='local'\" "
+                          "(python -m deploy submit does) or drop data-path")
+    if "num-partitions" not in node_config or pid < 0:
+        raise ConfigError("this node has neither node config 'data-path' nor 'partition-id' + "
+                          "'num-partitions'; on a real host start flower-supernode with "
+                          "--node-config \"data-path='/path/to/data'\" and submit with "
+                          "client-data='local'")
+    return (pid, *client_data(cfg, pid, int(node_config["num-partitions"]), split, labels))

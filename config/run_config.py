@@ -22,6 +22,7 @@ CLIENT_DP_SIDES = ("server", "client")
 ACCOUNTANTS = ("prv", "rdp")
 LR_SCHEDULES = ("constant", "linear")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
+CLIENT_DATA = ("partition", "local")
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_DATASET = "stanfordnlp/sst2"
@@ -77,6 +78,7 @@ class RunConfig:
     client_noise_multiplier: float = 1.0
     client_clipping_norm: float = 1.0
     client_dp_side: str = "server"
+    client_data: str = "partition"
     partitioner: str = "iid"
     dirichlet_alpha: float = 0.5
     classes_per_client: int = 1
@@ -178,6 +180,7 @@ def validate(cfg: RunConfig) -> RunConfig:
            "client-level DP (client | both) clips whole-adapter updates, so it needs "
            "aggregation = 'fedavg'")
     positive("client-clipping-norm", cfg.client_clipping_norm)
+    choice("client-data", cfg.client_data, CLIENT_DATA)
     choice("partitioner", cfg.partitioner, PARTITIONERS)
     _check(bool(cfg.model.strip()), "model", cfg.model, "give a local folder or a hub id")
     _check(bool(cfg.dataset.strip()), "dataset", cfg.dataset,

@@ -23,6 +23,9 @@ def partitions_png(path: str | Path, rows: list[dict], labels: tuple[str, ...]) 
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(rows) + 2), 3.2))
     bottom = [0] * len(rows)
     ids = [r["partition_id"] for r in rows]
+    if any(r.get("label_counts") is None for r in rows):  # clients with their own data
+        ax.bar(ids, [r["num_examples"] for r in rows], label="examples (labels not shared)")
+        labels = ()
     for li, name in enumerate(labels):
         heights = [r["label_counts"][li] for r in rows]
         ax.bar(ids, heights, bottom=bottom, label=f"label {name}")
@@ -30,7 +33,7 @@ def partitions_png(path: str | Path, rows: list[dict], labels: tuple[str, ...]) 
     ax.set_xlabel("client (partition id)")
     ax.set_ylabel("examples")
     ax.set_title("Client partitions")
-    if len(labels) <= 10:
+    if len(labels) <= 10 and rows:
         ax.legend(fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()

@@ -17,6 +17,7 @@ from config import RunConfig
 from outputs.run_folder import RunFolder
 from privacy.client_level import client_level_report
 from privacy.report import build_report
+from server.local_clients import LocalClients
 from server.resume import state_writer
 from strategies.base import from_record
 from strategies.client_dp import sampled_per_round
@@ -29,7 +30,8 @@ from tasks.evaluation import evaluate
 class RoundEnd:
     def __init__(self, cfg: RunConfig, run: RunFolder, model, eval_set: TokenizedDataset,
                  pad_token_id: int, num_labels: int, strategy, partitions: list[dict],
-                 num_clients: int, latest: ArrayRecord, resumed: dict | None = None):
+                 num_clients: int, latest: ArrayRecord, resumed: dict | None = None,
+                 local: LocalClients | None = None):
         self.cfg, self.run, self.model = cfg, run, model
         self.eval_set, self.pad_token_id, self.num_labels = eval_set, pad_token_id, num_labels
         self.strategy, self.partitions, self.num_clients = strategy, partitions, num_clients
@@ -37,6 +39,7 @@ class RoundEnd:
         self.latest = latest  # Flower's Result.arrays stays empty if no round released one
         self.resumed = resumed  # written into the first line after a resume
         self.completed = -1
+        self.local = local  # clients with their own data: numbered by node, sized by replies
         self.started = self.last = time.monotonic()
 
     def _client_level(self, server_round: int) -> dict | None:
@@ -57,6 +60,8 @@ class RoundEnd:
         line: dict = {"round": server_round, **metrics}
         if server_round > 0:
             rlog = self.rounds.get(server_round, RoundLog())
+            if self.local is not None:
+                self.local.observe(rlog)
             # A rejected reply's update is dropped, but its client spent the privacy all the same.
             eps = [float(r["epsilon"]) for r in rlog.replies + rlog.rejected_replies
                    if isinstance(r.get("epsilon"), (int, float)) and not math.isnan(r["epsilon"])]

@@ -14,6 +14,7 @@ from flwr.supercore import log
 from config import ConfigError, from_run_config
 from outputs.run_folder import RunFolder
 from privacy.calibration import check_delta
+from server.local_clients import LocalClients
 from server.resume import check_settings, load_resume_point
 from server.round_end import RoundEnd
 from server.round_loop import run_rounds
@@ -44,10 +45,12 @@ def main(grid: Grid, context: Context) -> None:
     random.seed(cfg.seed)  # Flower samples clients with the global `random`
     splits = load_splits(cfg)
     num_clients = wait_for_nodes(grid, cfg.min_clients)
-    partitions = describe(splits.train, cfg, num_clients, splits.num_labels)
-    if cfg.dp_enabled:
-        for p in partitions:
-            check_delta(cfg.delta, p["num_examples"], f"client {p['partition_id']}")
+    partitions: list[dict] = []
+    if cfg.client_data == "partition":  # with their own data, clients check delta themselves
+        partitions = describe(splits.train, cfg, num_clients, splits.num_labels)
+        if cfg.dp_enabled:
+            for p in partitions:
+                check_delta(cfg.delta, p["num_examples"], f"client {p['partition_id']}")
     if cfg.min_clients > num_clients:
         raise ConfigError(f"run-config key 'min-clients' = {cfg.min_clients} exceeds the "
                           f"{num_clients} clients in the federation")
@@ -61,6 +64,13 @@ def main(grid: Grid, context: Context) -> None:
         run.write_config({**cfg.to_dict(), "output-dir": str(run.root),
                           "num-clients": num_clients, "labels": list(splits.labels),
                           "dataset-source": splits.source})
+    local = None
+    if cfg.client_data == "local":
+        local = LocalClients(list(grid.get_node_ids()), run, splits.labels, splits.source)
+        partitions = local.partitions
+        if point is None:
+            local.write()
+    elif point is None:
         run.write_partitions(partitions, splits.labels, splits.source)
 
     model = seeded_model(cfg, splits.num_labels)
@@ -78,7 +88,8 @@ def main(grid: Grid, context: Context) -> None:
             arrays = to_record(point.arrays)
     round_end = RoundEnd(cfg, run, model, eval_set, tokenizer.pad_token_id, splits.num_labels,
                          inner, partitions, num_clients, latest=arrays,
-                         resumed=point.describe() if point is not None else None)
+                         resumed=point.describe() if point is not None else None,
+                         local=local)
     try:
         run_rounds(strategy, grid, arrays, first_round=first_round,
                    last_round=cfg.num_server_rounds, timeout=cfg.round_timeout,

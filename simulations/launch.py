@@ -48,16 +48,17 @@ def run_config_arg(overrides: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 60.0,
+                  name: str = "flower-superlink") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited early with code {proc.returncode}")
+            raise RuntimeError(f"{name} exited early with code {proc.returncode}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"flower-superlink did not open 127.0.0.1:{port} within {timeout_s}s")
+    raise RuntimeError(f"{name} did not open 127.0.0.1:{port} within {timeout_s}s")
 
 
 def _raise_interrupt(signum, frame):
@@ -109,17 +110,22 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     proc.wait()
 
 
-def write_connection(flwr_home: Path, name: str, port: int) -> None:
+def write_connection(flwr_home: Path, name: str, port: int, *, host: str = "127.0.0.1",
+                     root_certificates: Path | None = None) -> Path:
+    """``$FLWR_HOME/config.toml`` with one SuperLink connection: TLS verified against
+    ``root_certificates`` when given, plain HTTP otherwise (a local simulation)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{name}"\n\n'
-        f'[superlink.{name}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
+    security = (f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}\n"
+                if root_certificates else "insecure = true\n")
+    path = flwr_home / "config.toml"
+    path.write_text(f'[superlink]\ndefault = "{name}"\n\n'
+                    f'[superlink.{name}]\naddress = "{host}:{port}"\n{security}')
+    return path
 
 
-def _runs_completed(env: dict, project: Path) -> bool:
+def runs_completed(env: dict, project: Path, connection: str = "fedtune") -> bool:
     """``flwr run --stream`` exits 0 even when the ServerApp raised: ask the SuperLink instead."""
-    out = subprocess.run(["flwr", "ls", "fedtune", "--format", "json"], env=env, cwd=str(project),
+    out = subprocess.run(["flwr", "ls", connection, "--format", "json"], env=env, cwd=str(project),
                          capture_output=True, text=True, check=False)
     try:
         runs = json.loads(out.stdout)["runs"]
@@ -163,7 +169,7 @@ def run_simulation(
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        _wait_for_port(port, superlink)
+        wait_for_port(port, superlink)
         federation = f"num-supernodes={num_clients} client-resources-num-cpus={cpus_per_client}"
         cmd = ["flwr", "run", str(project), "fedtune", "--stream",
                "--federation-config", federation]
@@ -173,7 +179,7 @@ def run_simulation(
                               timeout=timeout_s, check=False)
         if done.returncode != 0:
             return done.returncode
-        return 0 if _runs_completed(env, project) else 1
+        return 0 if runs_completed(env, project) else 1
     finally:
         stop_run_processes(port)
         stop_process_group(superlink)

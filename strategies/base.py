@@ -93,6 +93,7 @@ class LoraStrategy(FedAvg):
         self.max_update_norm = max_update_norm
         self.rounds: dict[int, RoundLog] = {}
         self._sent: dict[int, dict[int, Arrays]] = {}  # round -> node -> what it was sent
+        self._messages: dict[int, list[Message]] = {}  # round -> the train messages sent
 
     # --- what subclasses define -------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class LoraStrategy(FedAvg):
             content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: config})
             messages.append(Message(content=content, message_type=MessageType.TRAIN,
                                     dst_node_id=node))
+        self._messages[server_round] = messages  # the grid fills in their ids when it sends
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -157,12 +159,20 @@ class LoraStrategy(FedAvg):
         # Flower's own consistency check raises on one odd reply; ours drops it instead.
         contents, errors = self._check_and_log_replies(
             [m for m in replies if not is_refusal(m)], is_train=True, validate=False)
+        # An error the SuperLink raised for a node (e.g. "Node Unavailable" after a crash) comes
+        # from the SuperLink's own id: name the node that the failed message was sent to.
+        dst = {m.metadata.message_id: int(m.metadata.dst_node_id)
+               for m in self._messages.pop(server_round, [])}
+
+        def node_of(m: Message) -> int:
+            return dst.get(m.metadata.reply_to_message_id, int(m.metadata.src_node_id))
+
         log_.failures.extend(
-            {"node": int(m.metadata.src_node_id), "kind": "error", "reason": m.error.reason}
-            for m in errors
+            {"node": node_of(m), "kind": "error", "reason": m.error.reason} for m in errors
         )
         sent = self._sent.pop(server_round, None)
-        log_.failures.extend(_missing(sent, replies, log_.sampled))
+        log_.failures.extend(_missing(sent, {node_of(m) for m in replies}, len(replies),
+                                      log_.sampled))
         accepted = self._validate(contents, sent, log_)
         if len(accepted) < self.min_replies <= len(accepted) + len(refusals):
             log(WARNING, "round %s: %s valid replies, %s budget refusals: global adapter kept",
@@ -228,11 +238,11 @@ class LoraStrategy(FedAvg):
         return metrics
 
 
-def _missing(sent: dict[int, Arrays] | None, replies: list[Message], sampled: int) -> list[dict]:
+def _missing(sent: dict[int, Arrays] | None, replied: set[int], num_replies: int,
+             sampled: int) -> list[dict]:
     """One failure per node that was sent the adapter but never replied (crashed or too slow)."""
-    replied = {int(m.metadata.src_node_id) for m in replies}
     if sent is None:
-        n = sampled - len(replies)
+        n = sampled - num_replies
         return [{"node": None, "kind": "timeout", "reason": f"{n} sampled client(s) did not "
                  "reply within round-timeout"}] if n > 0 else []
     return [{"node": node, "kind": "timeout",

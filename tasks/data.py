@@ -19,6 +19,7 @@ from tasks.file_checks import check_data_file
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "review", "document")
 HOLDOUT_FRACTION = 0.1
+DATASET_SETTING = "run-config key 'dataset'"
 
 # Hub datasets with a well-known local copy: used first, so the default run works offline.
 LOCAL_MIRRORS = {
@@ -48,11 +49,11 @@ def _split_files(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _load_file(path: Path) -> datasets.Dataset:
+def _load_file(path: Path, setting: str = DATASET_SETTING) -> datasets.Dataset:
     builder = FILE_FORMATS.get(path.suffix.lower())
     if builder is None:
         raise ConfigError(
-            f"run-config key 'dataset': unsupported file type '{path.suffix}' for {path}; "
+            f"{setting}: unsupported file type '{path.suffix}' for {path}; "
             f"use one of {', '.join(FILE_FORMATS)}"
         )
     check_data_file(path)
@@ -66,27 +67,35 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in FILE_FORMATS
 
 
+def _load_local(path: Path, cfg: RunConfig, setting: str
+                ) -> tuple[datasets.Dataset, datasets.Dataset, str] | None:
+    """(train, eval, source) from a folder of split files or a single file; None if no such path."""
+    if path.is_dir():
+        train_file = _split_files(path, cfg.train_split)
+        if train_file is None:
+            raise ConfigError(
+                f"{setting}: folder {path} has no '{cfg.train_split}' file "
+                f"({', '.join(cfg.train_split + e for e in FILE_FORMATS)}); "
+                "add one or set 'train-split'"
+            )
+        eval_file = _split_files(path, cfg.eval_split)
+        train = _load_file(train_file, setting)
+        if eval_file is None:
+            return *_holdout(train, cfg.seed), str(path.resolve())
+        return train, _load_file(eval_file, setting), str(path.resolve())
+    if path.is_file():
+        return *_holdout(_load_file(path, setting), cfg.seed), str(path.resolve())
+    return None
+
+
 def _load_raw(cfg: RunConfig) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Return (train, eval, source) before column handling."""
     name = cfg.dataset
     candidates = [name, *LOCAL_MIRRORS.get(name, ())]
     for candidate in candidates:
-        path = Path(os.path.expanduser(candidate))
-        if path.is_dir():
-            train_file = _split_files(path, cfg.train_split)
-            if train_file is None:
-                raise ConfigError(
-                    f"run-config key 'dataset': folder {path} has no '{cfg.train_split}' file "
-                    f"({', '.join(cfg.train_split + e for e in FILE_FORMATS)}); "
-                    "add one or set 'train-split'"
-                )
-            eval_file = _split_files(path, cfg.eval_split)
-            train = _load_file(train_file)
-            if eval_file is None:
-                return *_holdout(train, cfg.seed), str(path.resolve())
-            return train, _load_file(eval_file), str(path.resolve())
-        if path.is_file():
-            return *_holdout(_load_file(path), cfg.seed), str(path.resolve())
+        found = _load_local(Path(os.path.expanduser(candidate)), cfg, DATASET_SETTING)
+        if found is not None:
+            return found
     if _looks_like_path(name):
         raise ConfigError(
             f"run-config key 'dataset': no such file or folder '{name}' "
@@ -191,3 +200,40 @@ def load_splits(cfg: RunConfig) -> Splits:
     if cfg.max_eval_samples:
         evaluation = evaluation.select(range(min(cfg.max_eval_samples, len(evaluation))))
     return Splits(train=train, eval=evaluation, labels=labels, source=source)
+
+
+NODE_DATA_SETTING = "node config 'data-path'"
+NODE_DATA_FIX = ("point data-path at a folder holding train.jsonl (+ validation.jsonl) or at a "
+                 f"single {'/'.join(FILE_FORMATS)} file on this host")
+
+
+def check_node_data(data_path: str) -> Path:
+    """The node's ``data-path`` as an existing file or folder, or a :class:`ConfigError`."""
+    path = Path(os.path.expanduser(str(data_path)))
+    if not str(data_path).strip() or not (path.is_dir() or path.is_file()):
+        raise ConfigError(f"{NODE_DATA_SETTING} = {str(data_path)!r}: no such file or folder "
+                          f"(relative to {os.getcwd()}); {NODE_DATA_FIX}")
+    if path.is_file() and path.suffix.lower() not in FILE_FORMATS:
+        raise ConfigError(f"{NODE_DATA_SETTING} = {str(data_path)!r}: unsupported file type "
+                          f"'{path.suffix}'; {NODE_DATA_FIX}")
+    return path
+
+
+def load_node_data(cfg: RunConfig, data_path: str, labels: tuple[str, ...]) -> Splits:
+    """A real host's own rows (node config ``data-path``), labelled in the server's label order.
+
+    Read with the same rules as ``dataset`` (a folder of split files, or one file with a seeded
+    10% held out for federated evaluation), but never shuffled or capped: every local row is the
+    client's database, in file order, so its privacy-ledger fingerprint stays stable. A label
+    outside the server's set is an error, not a new class.
+    """
+    path = check_node_data(data_path)
+    train, evaluation, source = _load_local(path, cfg, NODE_DATA_SETTING)
+    text_col = _text_column(train, cfg, source)
+    index = {name: i for i, name in enumerate(labels)}
+    train = _standardise(train, text_col, cfg.label_column, index, source, cfg.train_split)
+    evaluation = _standardise(evaluation, text_col, cfg.label_column, index, source,
+                              cfg.eval_split)
+    if len(train) == 0:
+        raise ConfigError(f"{NODE_DATA_SETTING}: {source} has no training rows; {NODE_DATA_FIX}")
+    return Splits(train=train, eval=evaluation, labels=tuple(labels), source=source)

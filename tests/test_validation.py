@@ -117,3 +117,23 @@ def test_rejections_reach_metrics_jsonl(tiny_model, toy_data, tmp_path):
     line = json.loads(run.metrics_path.read_text().splitlines()[-1])
     assert line["rejected"] == [{"node": 2, "reason": "non-finite values (NaN/inf) in 'x'"}]
     assert line["clients"] == 1 and line["epsilon_max"] == 3.0
+
+
+def test_an_error_the_superlink_raised_names_the_node_that_was_lost():
+    """A crashed node's reply is an error the SuperLink makes (src = the SuperLink's id 1),
+    pointing at the message it answers: the failure must name the node, not the SuperLink."""
+    from flwr.app import Error, Metadata
+
+    strategy = LoraFedAvg(min_replies=2)
+    messages = start(strategy, adapter(4), FakeGrid([7, 8, 9]))
+    for node, msg in messages.items():  # what the grid does when it sends them
+        msg.metadata.__dict__["_message_id"] = f"sent-to-{node}"
+    lost = Message(error=Error(code=3, reason="Error: Node Unavailable"), metadata=Metadata(
+        run_id=1, message_id="", src_node_id=1, dst_node_id=1,
+        reply_to_message_id="sent-to-9", group_id="1", created_at=0.0, ttl=60.0,
+        message_type="train"))
+    replies = [reply(n, train_like(sent_arrays(messages[n]), n), 10) for n in (7, 8)]
+    strategy.aggregate_train(1, [*replies, lost])
+    assert strategy.rounds[1].failures == [  # one entry: not also a "timeout" for node 9
+        {"node": 9, "kind": "error", "reason": "Error: Node Unavailable"}]
+    assert strategy.rounds[1].clients == 2

@@ -1,0 +1,1 @@
+"""Certificates, keys and launch scripts for fedtune on real hosts (SuperLink + SuperNodes)."""
