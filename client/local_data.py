@@ -10,14 +10,13 @@ from functools import lru_cache
 
 from config import ConfigError, RunConfig
 from simulations.partitioning import load_partition
-from tasks.batching import TokenizedDataset
-from tasks.data import load_splits
 from tasks.model import load_tokenizer
+from tasks.registry import task_for
 
 
 @lru_cache(maxsize=2)
 def _splits(cfg: RunConfig):
-    return load_splits(cfg)
+    return task_for(cfg).load_splits(cfg)
 
 
 @lru_cache(maxsize=2)
@@ -27,7 +26,7 @@ def _tokenizer(cfg: RunConfig):
 
 @lru_cache(maxsize=8)
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str,
-                labels: tuple[str, ...]) -> tuple[TokenizedDataset, int]:
+                labels: tuple[str, ...]):
     """(rows, pad token id) for ``split`` = ``train`` or ``eval`` of this client's partition."""
     splits = _splits(cfg)
     if splits.labels != labels:
@@ -39,5 +38,4 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     else:  # an even share of the evaluation rows, for federated evaluation
         part = source.shard(num_shards=num_partitions, index=partition_id, contiguous=True)
     tokenizer = _tokenizer(cfg)
-    rows = TokenizedDataset.from_texts(tokenizer, part["text"], part["label"], cfg.max_length)
-    return rows, tokenizer.pad_token_id
+    return task_for(cfg).encode(tokenizer, part, cfg), tokenizer.pad_token_id

@@ -1,7 +1,9 @@
 """The run folder contract (``runs/<name>/``), which other tools read exactly.
 
 ``config.json``, ``partitions.json`` + ``.png``, ``metrics.jsonl`` (one line per evaluated round),
-``checkpoints/round-NNN/`` and ``final/`` (PEFT adapters), ``privacy/report.json``.
+``checkpoints/round-NNN/`` and ``final/`` (PEFT adapters), ``privacy/report.json``; for
+``task = causal-lm`` also ``samples.jsonl`` + ``samples.md`` (generations from fixed prompts by
+the final adapter).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from config import ConfigError, RunConfig
-from outputs.atomic import append_line, replace_dir, write_json
+from outputs.atomic import append_line, replace_dir, write_json, write_text
 from outputs.plots import partitions_png
 
 
@@ -39,6 +41,7 @@ class RunFolder:
     final_dir = property(lambda self: self.root / "final")
     privacy_dir = property(lambda self: self.root / "privacy")
     privacy_report_path = property(lambda self: self.root / "privacy" / "report.json")
+    samples_path = property(lambda self: self.root / "samples.jsonl")
 
     def checkpoint_dir(self, server_round: int) -> Path:
         return self.root / "checkpoints" / f"round-{server_round:03d}"
@@ -76,3 +79,14 @@ class RunFolder:
 
         write_json(self.privacy_report_path, report)
         write_human_report(self.privacy_dir, report)
+
+    def write_samples(self, samples: list[dict[str, str]]) -> None:
+        """``samples.jsonl`` (one ``{"prompt", "reference", "generation"}`` per line), then
+        ``samples.md`` for people."""
+        write_text(self.samples_path, "".join(json.dumps(x) + "\n" for x in samples))
+        parts = ["# Samples from the final adapter\n"]
+        for i, x in enumerate(samples, 1):
+            parts.append(f"## {i}\n\n**Prompt**\n\n```\n{x['prompt']}\n```\n\n"
+                         f"**Generation**\n\n```\n{x['generation']}\n```\n\n"
+                         f"**Reference**\n\n```\n{x['reference']}\n```\n")
+        write_text(self.samples_path.with_suffix(".md"), "\n".join(parts))

@@ -20,12 +20,11 @@ from privacy.report import build_report
 from strategies.client_dp import sampled_per_round
 from strategies.round_log import RoundLog
 from tasks.adapter import from_arrays, load_adapter_state
-from tasks.batching import TokenizedDataset
-from tasks.evaluation import evaluate
+from tasks.registry import task_for
 
 
 class RoundEnd:
-    def __init__(self, cfg: RunConfig, run: RunFolder, model, eval_set: TokenizedDataset,
+    def __init__(self, cfg: RunConfig, run: RunFolder, model, eval_set,
                  pad_token_id: int, num_labels: int, rounds: dict[int, RoundLog],
                  partitions: list[dict], num_clients: int):
         self.cfg, self.run, self.model = cfg, run, model
@@ -46,8 +45,8 @@ class RoundEnd:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_adapter_state(self.model, from_arrays(arrays))
         self.latest = arrays  # Flower's Result.arrays stays empty if no round released one
-        metrics = evaluate(self.model, self.eval_set, self.pad_token_id,
-                           self.cfg.eval_batch_size, self.num_labels)
+        metrics = task_for(self.cfg).evaluate(self.cfg, self.model, self.eval_set,
+                                              self.pad_token_id, self.num_labels)
         line: dict = {"round": server_round, **metrics}
         if server_round > 0:
             self.run.save_adapter(self.model, self.run.checkpoint_dir(server_round))
@@ -79,5 +78,6 @@ class RoundEnd:
         self.last = now
         self.run.append_metrics(line)
         log(INFO, "round %s: %s", server_round,
-            {k: v for k, v in line.items() if k in ("accuracy", "loss", "epsilon_max", "wall_s")})
+            {k: v for k, v in line.items()
+             if k in ("accuracy", "loss", "perplexity", "epsilon_max", "wall_s")})
         return MetricRecord({k: float(v) for k, v in metrics.items()})

@@ -15,9 +15,8 @@ from server.round_end import RoundEnd
 from simulations.partitioning import describe
 from strategies.registry import build_strategy, innermost
 from tasks.adapter import adapter_state, from_arrays, load_adapter_state, to_arrays
-from tasks.batching import TokenizedDataset
-from tasks.data import load_splits
-from tasks.model import load_tokenizer, seeded_model
+from tasks.model import load_tokenizer
+from tasks.registry import task_for
 
 app = ServerApp()
 
@@ -36,7 +35,8 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float = 300.0) -> int:
 def main(grid: Grid, context: Context) -> None:
     cfg = from_run_config(context.run_config)
     random.seed(cfg.seed)  # Flower samples clients with the global `random`
-    splits = load_splits(cfg)
+    task = task_for(cfg)
+    splits = task.load_splits(cfg)
     num_clients = wait_for_nodes(grid, cfg.min_clients)
     partitions = describe(splits.train, cfg, num_clients, splits.num_labels)
     if cfg.dp_enabled:
@@ -47,14 +47,14 @@ def main(grid: Grid, context: Context) -> None:
                           f"{num_clients} clients in the federation")
 
     run = RunFolder.create(cfg)
+    model = task.seeded_model(cfg, splits.num_labels)
     run.write_config({**cfg.to_dict(), "output-dir": str(run.root), "num-clients": num_clients,
-                      "labels": list(splits.labels), "dataset-source": splits.source})
+                      "labels": list(splits.labels), "dataset-source": splits.source,
+                      **task.settings(cfg, model, splits)})
     run.write_partitions(partitions, splits.labels, splits.source)
 
-    model = seeded_model(cfg, splits.num_labels)
     tokenizer = load_tokenizer(cfg)
-    eval_set = TokenizedDataset.from_texts(tokenizer, splits.eval["text"], splits.eval["label"],
-                                           cfg.max_length)
+    eval_set = task.encode(tokenizer, splits.eval, cfg)
     strategy = build_strategy(cfg, num_clients)
     round_end = RoundEnd(cfg, run, model, eval_set, tokenizer.pad_token_id, splits.num_labels,
                          innermost(strategy).rounds, partitions, num_clients)
@@ -68,3 +68,6 @@ def main(grid: Grid, context: Context) -> None:
     )
     load_adapter_state(model, from_arrays(round_end.latest))
     run.save_adapter(model, run.final_dir)
+    samples = task.samples(cfg, model, tokenizer, splits)
+    if samples:
+        run.write_samples(samples)
