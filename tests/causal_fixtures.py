@@ -11,6 +11,10 @@ from fixtures import FILLER, NEGATIVE, POSITIVE, write_jsonl
 from tasks.prompts import ALPACA_HEADER, ALPACA_HEADER_INPUT
 
 OPPOSITES = dict(zip(POSITIVE, NEGATIVE, strict=True)) | dict(zip(NEGATIVE, POSITIVE, strict=True))
+# Wide initial weights: with the usual 0.02 a 32-wide model's frozen output layer cannot make any
+# token much likelier than the rest (logit gaps under ~0.6), so nothing LoRA does could lower the
+# loss much below log(vocabulary size).
+INIT_RANGE = 0.3
 INSTRUCTION_WORDS = ["Give", "the", "opposite", "of", "Say", "word", "Answer", "in", "one",
                      "Instruction", "Input", "Response", "###", ":", "."]
 
@@ -59,8 +63,9 @@ def make_tiny_llama(folder: Path) -> Path:
     tok = make_tokenizer(folder, llama_style=True)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                         max_position_embeddings=128, initializer_range=INIT_RANGE,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
@@ -71,7 +76,8 @@ def make_tiny_gpt2(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(folder, llama_style=False)
     config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                        initializer_range=INIT_RANGE, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
 
