@@ -153,6 +153,16 @@ def _proximal_pull(params, anchor, rate: float) -> None:
             p.sub_(rate * (p - a))
 
 
+def _noise_generator(params, generator: torch.Generator, seed: int) -> torch.Generator:
+    """The generator Opacus draws the noise with: on the weights' device (``torch.normal`` refuses
+    a CPU generator for CUDA tensors, and Opacus does not move it). On CPU it stays the one the
+    Poisson sampler uses, as it always was."""
+    on = params[0].device
+    if on.type == "cpu":
+        return generator
+    return torch.Generator(device=on).manual_seed(seed)
+
+
 def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
                 state: PrivacyState, seed: int) -> LocalResult:
     """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps.
@@ -183,7 +193,7 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
             noise_multiplier=state.noise_multiplier,
             max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=generator,
+            noise_generator=_noise_generator(params, generator, seed),
         )
         q = sample_rate(n, cfg.batch_size)
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
