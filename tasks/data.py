@@ -96,6 +96,9 @@ def load_raw(cfg: RunConfig) -> tuple[datasets.Dataset, datasets.Dataset, str]:
             f"({type(exc).__name__}: {exc}); offline, point 'dataset' at a local folder "
             "holding train.jsonl and validation.jsonl"
         ) from exc
+    if cfg.eval_split not in hub and list(hub) == [cfg.train_split]:
+        # Only a training split (e.g. tatsu-lab/alpaca): hold out 10%, as for a single file.
+        return *_holdout(hub[cfg.train_split], cfg.seed), f"hub:{name}"
     for split in (cfg.train_split, cfg.eval_split):
         if split not in hub:
             raise ConfigError(

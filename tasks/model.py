@@ -1,4 +1,7 @@
-"""The base transformer plus its LoRA adapter (PEFT); the classification head trains and travels."""
+"""The base transformer plus its LoRA adapter (PEFT); the classification head trains and travels.
+
+``load_base`` and ``wrap_with_lora`` are shared with the causal-LM task (``tasks/causal_lm``).
+"""
 
 from __future__ import annotations
 

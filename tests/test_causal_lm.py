@@ -209,3 +209,49 @@ def test_bf16_dp_step_clips_in_fp32_and_trains_fp32_lora(tiny_llama, instruction
     p.grad_sample = torch.ones(2, 3, dtype=torch.bfloat16)
     _fp32_grad_samples(torch.nn.ParameterList([p]))
     assert p.grad_sample.dtype == torch.float32
+
+
+def test_hub_alpaca_with_only_a_train_split_gets_a_seeded_holdout(monkeypatch, tiny_llama):
+    import datasets
+    from causal_fixtures import opposite_rows
+
+    hub = datasets.DatasetDict({"train": datasets.Dataset.from_list(opposite_rows(50, seed=3))})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: hub)
+    splits = load_instruction_splits(causal_cfg(tiny_llama, None, dataset="tatsu-lab/alpaca"))
+    assert splits.source == "hub:tatsu-lab/alpaca" and splits.form == "alpaca"
+    assert len(splits.train) == 45 and len(splits.eval) == 5
+    assert splits.eval[0]["prompt"].startswith(render_prompt("alpaca", "x")[:40])
+
+
+def test_gpt2_client_handler_trains_under_ffa_and_sends_only_b(tiny_gpt2, instruction_data):
+    """The ClientApp's train handler, fed the server's own first-round messages (GPT-2, FFA)."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from strategy_helpers import FakeGrid, meta
+
+    from client import client_app
+    from strategies.base import from_record
+    from strategies.registry import build_strategy
+    from tasks.adapter import to_arrays
+
+    overrides = {"task": "causal-lm", "model": str(tiny_gpt2), "dataset": str(instruction_data),
+                 "max-train-samples": 0, "max-length": 64, "num-server-rounds": 1,
+                 "batch-size": 16, "delta": 1e-3, "lora-r": 4, "accountant": "rdp",
+                 "aggregation": "ffa"}
+    cfg = from_run_config(overrides)
+    server_model = task_for(cfg).seeded_model(cfg, 0)
+    strategy = build_strategy(cfg, num_clients=2)
+    sent = strategy.configure_train(1, to_arrays(adapter_state(server_model)),
+                                    ConfigRecord({"labels": []}), FakeGrid([1, 2]))
+    replies = []
+    for msg in sent:
+        node = int(msg.metadata.dst_node_id)
+        ctx = Context(run_id=1, node_id=node, state=RecordDict(), run_config=overrides,
+                      node_config={"partition-id": node - 1, "num-partitions": 2})
+        reply = client_app.train(msg, ctx)
+        replies.append(Message(content=reply.content, metadata=meta(node)))
+    back, out = from_record(replies[0].content["arrays"]), from_record(sent[0].content["arrays"])
+    assert set(back) == set(out) and all(".lora_B." in k for k in back)
+    assert any(not (back[k] == out[k]).all() for k in back)
+    assert 0 < replies[0].content["metrics"]["epsilon"] <= 8.0
+    strategy.aggregate_train(1, replies)
+    assert strategy.rounds[1].clients == 2 and strategy.rounds[1].rejected == []
