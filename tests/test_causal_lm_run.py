@@ -20,7 +20,7 @@ def causal_run(tiny_llama, instruction_data, tmp_path_factory):
         "task": "causal-lm", "model": str(tiny_llama), "dataset": str(instruction_data),
         "max-train-samples": 120, "max-eval-samples": 16, "max-length": 64,
         "num-server-rounds": 2, "batch-size": 16, "micro-batch-size": 8, "local-epochs": 1.0,
-        "lr": 0.05, "lora-r": 4, "target-epsilon": 8.0, "delta": 1e-3,
+        "lr": 0.05, "lora-r": 4, "target-epsilon": 8.0, "delta": 1e-3, "accountant": "rdp",
         "output-dir": str(work / "run"),
     }
     code = run_simulation(overrides, num_clients=2, workdir=work, log_path=work / "log.txt",
