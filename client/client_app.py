@@ -33,9 +33,8 @@ from tasks.adapter import (
     load_adapter_state,
     to_arrays,
 )
-from tasks.evaluation import evaluate
 from tasks.lora_layout import lora_a_digest, travelling_keys
-from tasks.model import build_model
+from tasks.registry import task_for
 
 app = ClientApp(mods=[fault_mod, client_clipping_mod])
 
@@ -55,7 +54,8 @@ def _data(msg: Message, context: Context, cfg: RunConfig, split: str):
 def _model(msg: Message, cfg: RunConfig, num_labels: int, split: str, rank: int | None = None):
     """A model holding the received adapter, at ``rank`` (this client's own under
     ``hetero-rank``) or the run's ``lora-r`` (evaluation scores the global adapter)."""
-    model = build_model(dataclasses.replace(cfg, lora_r=rank or cfg.lora_r), num_labels)
+    model = task_for(cfg).build_model(dataclasses.replace(cfg, lora_r=rank or cfg.lora_r),
+                                      num_labels)
     received = from_arrays(msg.content["arrays"])
     if split == "train" and cfg.aggregation == "ffa":
         _check_shared_a(model, str(msg.content["config"].get("lora-a-sha256", "")))
@@ -86,7 +86,7 @@ def _ledger(cfg: RunConfig, context: Context, rows) -> Ledger | None:
     folder = _ledger_dir(cfg, context)
     if not folder:
         return None
-    return Ledger.open(folder, fingerprint(rows.texts, rows.labels), len(rows))
+    return Ledger.open(folder, fingerprint(*rows.ledger_rows()), len(rows))
 
 
 def _resumed_state(config: ConfigRecord, pid: int) -> dict | None:
@@ -178,6 +178,6 @@ def evaluate_(msg: Message, context: Context) -> Message:
     cfg = from_run_config(context.run_config)
     pid, rows, pad_id, labels = _data(msg, context, cfg, "eval")
     model = _model(msg, cfg, len(labels), "eval")
-    metrics = evaluate(model, rows, pad_id, cfg.eval_batch_size, len(labels))
+    metrics = task_for(cfg).evaluate(cfg, model, rows, pad_id, len(labels))
     record = MetricRecord({"num-examples": len(rows), **metrics, "partition-id": pid})
     return Message(content=RecordDict({"metrics": record}), reply_to=msg)

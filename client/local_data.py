@@ -12,14 +12,14 @@ from functools import lru_cache
 from typing import Any
 
 from config import ConfigError, RunConfig
-from tasks.batching import TokenizedDataset
-from tasks.data import NODE_DATA_FIX, check_node_data, load_node_data, load_splits
+from tasks.data import NODE_DATA_FIX, check_node_data, load_node_data
 from tasks.model import load_tokenizer
+from tasks.registry import task_for
 
 
 @lru_cache(maxsize=2)
 def _splits(cfg: RunConfig):
-    return load_splits(cfg)
+    return task_for(cfg).load_splits(cfg)
 
 
 @lru_cache(maxsize=2)
@@ -29,7 +29,7 @@ def _tokenizer(cfg: RunConfig):
 
 @lru_cache(maxsize=8)
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str,
-                labels: tuple[str, ...]) -> tuple[TokenizedDataset, int]:
+                labels: tuple[str, ...]):
     """(rows, pad token id) for ``split`` = ``train`` or ``eval`` of this client's partition."""
     # Imported here: flwr-datasets pulls in matplotlib, seaborn and scipy, which a real host
     # (its own data, no partitioner) never needs and would import at every message.
@@ -45,23 +45,21 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     else:  # an even share of the evaluation rows, for federated evaluation
         part = source.shard(num_shards=num_partitions, index=partition_id, contiguous=True)
     tokenizer = _tokenizer(cfg)
-    rows = TokenizedDataset.from_texts(tokenizer, part["text"], part["label"], cfg.max_length)
-    return rows, tokenizer.pad_token_id
+    return task_for(cfg).encode(tokenizer, part, cfg), tokenizer.pad_token_id
 
 
 @lru_cache(maxsize=8)
 def node_data(cfg: RunConfig, data_path: str, split: str, labels: tuple[str, ...]
-              ) -> tuple[TokenizedDataset, int]:
+              ):
     """(rows, pad token id) for ``split`` of this host's own data (node config ``data-path``)."""
     splits = load_node_data(cfg, data_path, labels)
     part = splits.train if split == "train" else splits.eval
     tokenizer = _tokenizer(cfg)
-    rows = TokenizedDataset.from_texts(tokenizer, part["text"], part["label"], cfg.max_length)
-    return rows, tokenizer.pad_token_id
+    return task_for(cfg).encode(tokenizer, part, cfg), tokenizer.pad_token_id
 
 
 def client_rows(cfg: RunConfig, node_config: Mapping[str, Any], split: str,
-                labels: tuple[str, ...]) -> tuple[int, TokenizedDataset, int]:
+                labels: tuple[str, ...]) -> tuple:
     """(partition id, rows, pad token id): the node's own ``data-path`` under ``client-data =
     local``, its ``partition-id`` share of ``dataset`` otherwise. On a real host the partition id
     is only a label (-1 when unset); the server numbers clients by node."""

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from config import RunConfig
 from privacy.accounting import PrivacyState, merge_history
 from privacy.calibration import planned_rounds, sample_rate, steps_per_round
-from tasks.batching import PadCollator, TokenizedDataset
+from tasks.registry import task_for
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,20 @@ def length_chunks(batch: dict[str, torch.Tensor], rows: int) -> list[dict[str, t
     return chunks
 
 
-def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool) -> float:
+def _fp32_grad_samples(model) -> None:
+    """Per-sample gradients in the weights' own dtype (fp32) before Opacus clips them.
+
+    Under bf16 autocast Opacus' hooks record bf16 per-sample gradients; a norm computed in bf16 can
+    be off by about 0.4%, and a row clipped to it could exceed ``max-grad-norm``: the sensitivity
+    the noise is calibrated for. Clipping in fp32 keeps the bound exact. No-op in fp32.
+    """
+    for p in model.parameters():
+        sample = getattr(p, "grad_sample", None)
+        if isinstance(sample, torch.Tensor) and sample.dtype != p.dtype:
+            p.grad_sample = sample.to(p.dtype)
+
+
+def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool, loss_fn) -> float:
     """One optimiser step for ``batch``, computed over length-sorted chunks; the mean loss.
 
     Under DP this is Opacus's own recipe for one logical (Poisson) batch in several physical
@@ -96,12 +109,13 @@ def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool) -> float:
     loss_sum = 0.0
     for i, chunk in enumerate(chunks):
         n = len(chunk["labels"])
-        loss = model(**chunk).loss
+        loss = loss_fn(model, chunk)
         loss_sum += float(loss.detach()) * n
         if not dp:
             (loss * (n / total)).backward()
             continue
         loss.backward()
+        _fp32_grad_samples(model)
         if i < len(chunks) - 1:
             optimizer.signal_skip_step(do_skip=True)
             optimizer.step()  # clip + accumulate only
@@ -139,9 +153,24 @@ def _proximal_pull(params, anchor, rate: float) -> None:
             p.sub_(rate * (p - a))
 
 
-def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunConfig,
+def _noise_generator(params, generator: torch.Generator, seed: int) -> torch.Generator:
+    """The generator Opacus draws the noise with: on the weights' device (``torch.normal`` refuses
+    a CPU generator for CUDA tensors, and Opacus does not move it). On CPU it stays the one the
+    Poisson sampler uses, as it always was."""
+    on = params[0].device
+    if on.type == "cpu":
+        return generator
+    return torch.Generator(device=on).manual_seed(seed)
+
+
+def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
                 state: PrivacyState, seed: int) -> LocalResult:
-    """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps."""
+    """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps.
+
+    ``dataset`` and the loss are the task's (``tasks/registry``); everything about privacy is
+    the same for every task.
+    """
+    task = task_for(cfg)
     n = len(dataset)
     steps = steps_per_round(n, cfg.batch_size, cfg.local_epochs)
     generator = torch.Generator().manual_seed(seed)
@@ -151,7 +180,7 @@ def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunCon
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not cfg.dp_enabled,
-                        collate_fn=PadCollator(pad_token_id), generator=generator)
+                        collate_fn=task.collator(pad_token_id), generator=generator)
     engine = None
     model.train()
     if cfg.dp_enabled:
@@ -164,7 +193,7 @@ def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunCon
             noise_multiplier=state.noise_multiplier,
             max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=generator,
+            noise_generator=_noise_generator(params, generator, seed),
         )
         q = sample_rate(n, cfg.batch_size)
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
@@ -182,7 +211,8 @@ def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunCon
                 continue
             optimizer.zero_grad(set_to_none=True)
             loss = _step_in_chunks(model, optimizer, batch, cfg.micro_batch_size,
-                                   dp=engine is not None)
+                                   dp=engine is not None,
+                                   loss_fn=lambda m, b: task.loss(cfg, m, b))
             if anchor is not None:
                 _proximal_pull(params, anchor, cfg.lr * cfg.proximal_mu)
             losses.append(loss)

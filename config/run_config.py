@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-TASKS = ("seq-cls",)
+TASKS = ("seq-cls", "causal-lm")
+PROMPT_TEMPLATES = ("alpaca", "plain")
+PRECISIONS = ("auto", "fp32", "bf16")
 AGGREGATIONS = ("fedavg", "ffa", "hetero-rank")
 SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
 DP_MODES = ("off", "sample", "client", "both")
@@ -38,6 +40,9 @@ class RunConfig:
 
     model: str = DEFAULT_MODEL
     task: str = "seq-cls"
+    prompt_template: str = "alpaca"
+    precision: str = "auto"
+    load_in_4bit: bool = False
     dataset: str = DEFAULT_DATASET
     text_column: str = ""
     label_column: str = "label"
@@ -168,6 +173,15 @@ def validate(cfg: RunConfig) -> RunConfig:
         _check(ok, key, value, "must be " + ("> 0" if strict else ">= 0"))
 
     choice("task", cfg.task, TASKS)
+    choice("prompt-template", cfg.prompt_template, PROMPT_TEMPLATES)
+    choice("precision", cfg.precision, PRECISIONS)
+    causal = cfg.task == "causal-lm"
+    _check(causal or cfg.precision == "auto", "precision", cfg.precision,
+           "only task = 'causal-lm' has a precision setting; leave it at 'auto' for seq-cls")
+    _check(causal or not cfg.load_in_4bit, "load-in-4bit", cfg.load_in_4bit,
+           "4-bit base weights (QLoRA) are for task = 'causal-lm'; set load-in-4bit = false")
+    _check(not causal or cfg.partitioner == "iid", "partitioner", cfg.partitioner,
+           "task = 'causal-lm' has no labels to split by; use partitioner = 'iid'")
     choice("aggregation", cfg.aggregation, AGGREGATIONS)
     choice("server-optimizer", cfg.server_optimizer, SERVER_OPTIMIZERS)
     choice("dp", cfg.dp, DP_MODES)
@@ -193,7 +207,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     positive("lora-alpha", cfg.lora_alpha)
     _check(0.0 <= cfg.lora_dropout < 1.0, "lora-dropout", cfg.lora_dropout, "must be in [0, 1)")
     _check(len(cfg.lora_targets) > 0, "lora-targets", ",".join(cfg.lora_targets),
-           "name at least one module, e.g. 'query,value'")
+           "name at least one module, e.g. 'query,value', or 'auto' for the "
+           "model's own query/value projections")
     _check(all(r.isdigit() and int(r) >= 1 for r in cfg.hetero_ranks), "hetero-ranks",
            ",".join(cfg.hetero_ranks), "give comma-separated integers >= 1, e.g. '2,4,8' "
            "(empty: every client uses lora-r)")

@@ -30,10 +30,12 @@ def partitions_png(path: str | Path, rows: list[dict], labels: tuple[str, ...]) 
         heights = [r["label_counts"][li] for r in rows]
         ax.bar(ids, heights, bottom=bottom, label=f"label {name}")
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    if not labels:  # unlabelled data (causal-lm): sizes only
+        ax.bar(ids, [r["num_examples"] for r in rows])
     ax.set_xlabel("client (partition id)")
     ax.set_ylabel("examples")
     ax.set_title("Client partitions")
-    if len(labels) <= 10 and rows:
+    if 0 < len(labels) <= 10 and rows:
         ax.legend(fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()

@@ -2,8 +2,10 @@
 
 ``config.json``, ``partitions.json`` + ``.png``, ``metrics.jsonl`` (one line per evaluated round),
 ``checkpoints/round-NNN/`` and ``final/`` (PEFT adapters; a checkpoint also holds the server's
-state for ``resume`` and a ``manifest.json`` of checksums), ``privacy/report.json``, and
-``failed.json`` while a run is stopped by an error (removed when a resume completes it).
+state for ``resume`` and a ``manifest.json`` of checksums), ``privacy/report.json``,
+``failed.json`` while a run is stopped by an error (removed when a resume completes it); for
+``task = causal-lm`` also ``samples.jsonl`` + ``samples.md`` (generations from fixed prompts by
+the final adapter).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class RunFolder:
     final_dir = property(lambda self: self.root / "final")
     privacy_dir = property(lambda self: self.root / "privacy")
     privacy_report_path = property(lambda self: self.root / "privacy" / "report.json")
+    samples_path = property(lambda self: self.root / "samples.jsonl")
 
     failure_path = property(lambda self: self.root / "failed.json")
 
@@ -114,3 +117,14 @@ class RunFolder:
 
         write_json(self.privacy_report_path, report)
         write_human_report(self.privacy_dir, report)
+
+    def write_samples(self, samples: list[dict[str, str]]) -> None:
+        """``samples.jsonl`` (one ``{"prompt", "reference", "generation"}`` per line), then
+        ``samples.md`` for people."""
+        write_text(self.samples_path, "".join(json.dumps(x) + "\n" for x in samples))
+        parts = ["# Samples from the final adapter\n"]
+        for i, x in enumerate(samples, 1):
+            parts.append(f"## {i}\n\n**Prompt**\n\n```\n{x['prompt']}\n```\n\n"
+                         f"**Generation**\n\n```\n{x['generation']}\n```\n\n"
+                         f"**Reference**\n\n```\n{x['reference']}\n```\n")
+        write_text(self.samples_path.with_suffix(".md"), "\n".join(parts))

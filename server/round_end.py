@@ -23,12 +23,11 @@ from strategies.base import from_record
 from strategies.client_dp import sampled_per_round
 from strategies.round_log import RoundLog
 from tasks.adapter import from_arrays, load_adapter_state
-from tasks.batching import TokenizedDataset
-from tasks.evaluation import evaluate
+from tasks.registry import task_for
 
 
 class RoundEnd:
-    def __init__(self, cfg: RunConfig, run: RunFolder, model, eval_set: TokenizedDataset,
+    def __init__(self, cfg: RunConfig, run: RunFolder, model, eval_set,
                  pad_token_id: int, num_labels: int, strategy, partitions: list[dict],
                  num_clients: int, latest: ArrayRecord, resumed: dict | None = None,
                  local: LocalClients | None = None):
@@ -55,8 +54,8 @@ class RoundEnd:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_adapter_state(self.model, from_arrays(arrays))
         self.latest = arrays
-        metrics = evaluate(self.model, self.eval_set, self.pad_token_id,
-                           self.cfg.eval_batch_size, self.num_labels)
+        metrics = task_for(self.cfg).evaluate(self.cfg, self.model, self.eval_set,
+                                              self.pad_token_id, self.num_labels)
         line: dict = {"round": server_round, **metrics}
         if server_round > 0:
             rlog = self.rounds.get(server_round, RoundLog())
@@ -98,5 +97,6 @@ class RoundEnd:
                 meta={"round": server_round})
         self.completed = server_round
         log(INFO, "round %s: %s", server_round,
-            {k: v for k, v in line.items() if k in ("accuracy", "loss", "epsilon_max", "wall_s")})
+            {k: v for k, v in line.items()
+             if k in ("accuracy", "loss", "perplexity", "epsilon_max", "wall_s")})
         return MetricRecord({k: float(v) for k, v in metrics.items()})

@@ -22,9 +22,8 @@ from simulations.partitioning import describe
 from strategies.base import to_record
 from strategies.registry import build_strategy, innermost
 from tasks.adapter import adapter_state, from_arrays, load_adapter_state, to_arrays
-from tasks.batching import TokenizedDataset
-from tasks.data import load_splits
-from tasks.model import load_tokenizer, seeded_model
+from tasks.model import load_tokenizer
+from tasks.registry import task_for
 
 app = ServerApp()
 
@@ -43,7 +42,8 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float = 300.0) -> int:
 def main(grid: Grid, context: Context) -> None:
     cfg = from_run_config(context.run_config)
     random.seed(cfg.seed)  # Flower samples clients with the global `random`
-    splits = load_splits(cfg)
+    task = task_for(cfg)
+    splits = task.load_splits(cfg)
     num_clients = wait_for_nodes(grid, cfg.min_clients)
     partitions: list[dict] = []
     if cfg.client_data == "partition":  # with their own data, clients check delta themselves
@@ -56,6 +56,7 @@ def main(grid: Grid, context: Context) -> None:
                           f"{num_clients} clients in the federation")
 
     run = RunFolder.create(cfg)
+    model = task.seeded_model(cfg, splits.num_labels)
     point = None
     if cfg.resume:
         check_settings(run, cfg, num_clients)
@@ -63,7 +64,7 @@ def main(grid: Grid, context: Context) -> None:
     else:
         run.write_config({**cfg.to_dict(), "output-dir": str(run.root),
                           "num-clients": num_clients, "labels": list(splits.labels),
-                          "dataset-source": splits.source})
+                          "dataset-source": splits.source, **task.settings(cfg, model, splits)})
     local = None
     if cfg.client_data == "local":
         local = LocalClients(list(grid.get_node_ids()), run, splits.labels, splits.source)
@@ -73,10 +74,8 @@ def main(grid: Grid, context: Context) -> None:
     elif point is None:
         run.write_partitions(partitions, splits.labels, splits.source)
 
-    model = seeded_model(cfg, splits.num_labels)
     tokenizer = load_tokenizer(cfg)
-    eval_set = TokenizedDataset.from_texts(tokenizer, splits.eval["text"], splits.eval["label"],
-                                           cfg.max_length)
+    eval_set = task.encode(tokenizer, splits.eval, cfg)
     strategy = build_strategy(cfg, num_clients)
     inner = innermost(strategy)
     arrays = to_arrays(adapter_state(model))
@@ -102,6 +101,9 @@ def main(grid: Grid, context: Context) -> None:
     run.clear_failure()
     load_adapter_state(model, from_arrays(round_end.latest))
     run.save_adapter(model, run.final_dir, meta={"round": cfg.num_server_rounds})
+    samples = task.samples(cfg, model, tokenizer, splits)
+    if samples:
+        run.write_samples(samples)
 
 
 def _continue_from(point, run: RunFolder, strategy, train_config: ConfigRecord) -> int:

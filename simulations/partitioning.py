@@ -58,23 +58,24 @@ def load_partition(train: datasets.Dataset, cfg: RunConfig, partition_id: int,
 
 def describe(train: datasets.Dataset, cfg: RunConfig, num_partitions: int,
              num_labels: int) -> list[dict]:
-    """Size and label histogram of every partition (written to ``partitions.json``)."""
+    """Size and label histogram of every partition (written to ``partitions.json``); without
+    labels (``num_labels`` = 0, causal-lm) the histogram is empty."""
     partitioner = partition(train, cfg, num_partitions)
     rows = []
     for pid in range(num_partitions):
         try:
-            labels = partitioner.load_partition(pid)["label"]
+            part = partitioner.load_partition(pid)
         except ValueError as exc:
             raise ConfigError(f"run-config key 'partitioner' = '{cfg.partitioner}': {exc}") from exc
-        if len(labels) == 0:
+        if len(part) == 0:
             raise ConfigError(
                 f"run-config key 'partitioner' = '{cfg.partitioner}': partition {pid} of "
                 f"{num_partitions} is empty ({len(train)} training rows); raise "
                 "'dirichlet-alpha', use fewer clients or more rows ('max-train-samples')")
-        counts = Counter(int(x) for x in labels)
+        counts = Counter(int(x) for x in part["label"]) if num_labels else Counter()
         rows.append({
             "partition_id": pid,
-            "num_examples": len(labels),
+            "num_examples": len(part),
             "label_counts": [counts.get(i, 0) for i in range(num_labels)],
         })
     return rows

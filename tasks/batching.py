@@ -30,6 +30,10 @@ class TokenizedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def ledger_rows(self) -> tuple[list[str], list[int]]:
+        """What the privacy ledger fingerprints: the raw rows, in order."""
+        return self.texts, self.labels
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {
             "input_ids": torch.tensor(self.input_ids[i], dtype=torch.long),

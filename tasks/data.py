@@ -35,6 +35,7 @@ class Splits:
     eval: datasets.Dataset
     labels: tuple[str, ...]
     source: str
+    form: str = "labelled"  # causal-lm: "alpaca", "prompt-response" or "text"
 
     @property
     def num_labels(self) -> int:
@@ -88,7 +89,7 @@ def _load_local(path: Path, cfg: RunConfig, setting: str
     return None
 
 
-def _load_raw(cfg: RunConfig) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+def load_raw(cfg: RunConfig) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Return (train, eval, source) before column handling."""
     name = cfg.dataset
     candidates = [name, *LOCAL_MIRRORS.get(name, ())]
@@ -109,6 +110,9 @@ def _load_raw(cfg: RunConfig) -> tuple[datasets.Dataset, datasets.Dataset, str]:
             f"({type(exc).__name__}: {exc}); offline, point 'dataset' at a local folder "
             "holding train.jsonl and validation.jsonl"
         ) from exc
+    if cfg.eval_split not in hub and list(hub) == [cfg.train_split]:
+        # Only a training split (e.g. tatsu-lab/alpaca): hold out 10%, as for a single file.
+        return *_holdout(hub[cfg.train_split], cfg.seed), f"hub:{name}"
     for split in (cfg.train_split, cfg.eval_split):
         if split not in hub:
             raise ConfigError(
@@ -175,7 +179,7 @@ def label_names(values: list) -> tuple[str, ...]:
 
 def load_splits(cfg: RunConfig) -> Splits:
     """Load, standardise, shuffle (by seed) and cap the train/eval rows named by ``cfg``."""
-    train, evaluation, source = _load_raw(cfg)
+    train, evaluation, source = load_raw(cfg)
     text_col = _text_column(train, cfg, source)
     if cfg.label_column not in train.column_names:
         raise ConfigError(
@@ -194,12 +198,19 @@ def load_splits(cfg: RunConfig) -> Splits:
     index = {name: i for i, name in enumerate(labels)}
     train = _standardise(train, text_col, cfg.label_column, index, source, cfg.train_split)
     evaluation = _standardise(evaluation, text_col, cfg.label_column, index, source, cfg.eval_split)
+    train, evaluation = shuffle_and_cap(train, evaluation, cfg)
+    return Splits(train=train, eval=evaluation, labels=labels, source=source)
+
+
+def shuffle_and_cap(train: datasets.Dataset, evaluation: datasets.Dataset, cfg: RunConfig
+                    ) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Shuffle the training rows once by ``seed``, then apply ``max-train/eval-samples``."""
     train = train.shuffle(seed=cfg.seed).flatten_indices()
     if cfg.max_train_samples:
         train = train.select(range(min(cfg.max_train_samples, len(train))))
     if cfg.max_eval_samples:
         evaluation = evaluation.select(range(min(cfg.max_eval_samples, len(evaluation))))
-    return Splits(train=train, eval=evaluation, labels=labels, source=source)
+    return train, evaluation
 
 
 NODE_DATA_SETTING = "node config 'data-path'"

@@ -1,4 +1,7 @@
-"""The base transformer plus its LoRA adapter (PEFT); the classification head trains and travels."""
+"""The base transformer plus its LoRA adapter (PEFT); the classification head trains and travels.
+
+``load_base`` and ``wrap_with_lora`` are shared with the causal-LM task (``tasks/causal_lm``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from transformers.utils import logging as hf_logging
 
 from config import ConfigError, RunConfig
 from config.run_config import DEFAULT_MODEL
+from tasks.lora_targets import resolve_targets
 
 
 def resolve_model_path(name: str) -> str:
@@ -44,23 +48,35 @@ def build_model(cfg: RunConfig, num_labels: int) -> PeftModel:
     The result is in train mode: Opacus needs that for its hooks, and ``from_pretrained`` leaves
     models in eval mode.
     """
+    base = load_base(AutoModelForSequenceClassification, cfg, num_labels=num_labels)
+    return wrap_with_lora(base, cfg, TaskType.SEQ_CLS)
+
+
+def load_base(auto_class, cfg: RunConfig, **kwargs):
+    """``auto_class.from_pretrained`` on ``model``; a model that cannot be loaded is a setting to
+    fix, not a stack trace."""
     path = resolve_model_path(cfg.model)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialised head" is expected, not news
     try:
-        base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        return auto_class.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ConfigError(f"run-config key 'model': cannot load '{cfg.model}' ({exc})") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def wrap_with_lora(base, cfg: RunConfig, task_type: TaskType) -> PeftModel:
+    """``base`` (already on its device) with LoRA on ``lora-targets``; only LoRA (+ a task head)
+    trains; FFA-LoRA's shared A is drawn and frozen here. Returned in train mode."""
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=task_type,
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
+        target_modules=resolve_targets(cfg, base.config.model_type),
     )
     try:
         model = get_peft_model(base, lora)

@@ -11,6 +11,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from causal_fixtures import (  # noqa: E402
+    make_instruction_dataset,
+    make_tiny_gpt2,
+    make_tiny_llama,
+)
 from fixtures import make_tiny_bert, make_toy_dataset  # noqa: E402
 
 
@@ -22,6 +27,21 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> Path:
     return make_toy_dataset(tmp_path_factory.mktemp("toy-data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def instruction_data(tmp_path_factory) -> Path:
+    return make_instruction_dataset(tmp_path_factory.mktemp("instruction-data"))
 
 
 @pytest.fixture
