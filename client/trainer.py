@@ -8,6 +8,10 @@ weights after each optimiser step (w -= lr * mu * (w - w_global)), not added to 
 clips and noises only the per-sample gradients it records in its hooks, so a term added to the loss
 would be silently dropped under DP. The pull depends only on the weights, never on the data, so
 it spends no privacy, and it behaves the same with DP on and off.
+
+``grad-sample-mode`` picks how Opacus gets per-sample gradient norms: ``hooks`` and ``functorch``
+store per-sample gradients; ``ghost`` (ghost clipping) computes only their norms and runs a second
+backward pass, which pays off for large layers (and on GPUs), not for small LoRA factors on a CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader
 
 from config import RunConfig
@@ -29,6 +34,7 @@ class LocalResult:
     train_loss: float
     steps: int
     num_examples: int
+    samples: int = 0  # rows actually trained on (Poisson batches vary in size)
 
 
 def _batches(loader, steps: int):
@@ -82,7 +88,16 @@ def length_chunks(batch: dict[str, torch.Tensor], rows: int) -> list[dict[str, t
     return chunks
 
 
-def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool) -> float:
+def _loss(model, chunk: dict[str, torch.Tensor], criterion):
+    """The model's own loss, or under ghost clipping Opacus's criterion on the logits (it needs
+    the per-sample losses to run its two backward passes)."""
+    if criterion is None:
+        return model(**chunk).loss
+    logits = model(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"]).logits
+    return criterion(logits, chunk["labels"])
+
+
+def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool, criterion=None) -> float:
     """One optimiser step for ``batch``, computed over length-sorted chunks; the mean loss.
 
     Under DP this is Opacus's own recipe for one logical (Poisson) batch in several physical
@@ -96,7 +111,7 @@ def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool) -> float:
     loss_sum = 0.0
     for i, chunk in enumerate(chunks):
         n = len(chunk["labels"])
-        loss = model(**chunk).loss
+        loss = _loss(model, chunk, criterion)
         loss_sum += float(loss.detach()) * n
         if not dp:
             (loss * (n / total)).backward()
@@ -140,35 +155,50 @@ def _proximal_pull(params, anchor, rate: float) -> None:
 
 
 def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunConfig,
-                state: PrivacyState, seed: int) -> LocalResult:
-    """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps."""
+                state: PrivacyState, seed: int, *, poisson: bool | None = None) -> LocalResult:
+    """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps.
+
+    ``poisson`` makes the non-private baseline draw Opacus's Poisson batches too (DP always
+    does): both then see the same batches from the same seed, which is what a fair DP-overhead
+    measurement needs (the throughput benchmark). By default, without DP, batches are shuffled.
+    """
     n = len(dataset)
     steps = steps_per_round(n, cfg.batch_size, cfg.local_epochs)
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # LoRA dropout
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)  # shuffling (the loader runs on the CPU)
+    noise_generator = torch.Generator(device=device).manual_seed(seed)  # beside the gradients
+    torch.manual_seed(seed)  # LoRA dropout; Poisson sampling
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not cfg.dp_enabled,
+    poisson = cfg.dp_enabled if poisson is None else poisson or cfg.dp_enabled
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not poisson,
                         collate_fn=PadCollator(pad_token_id), generator=generator)
-    engine = None
+    engine = criterion = None
     model.train()
     if cfg.dp_enabled:
         engine = PrivacyEngine(accountant=cfg.accountant)
         engine.accountant.history = list(state.history)
-        model, optimizer, loader = engine.make_private(
+        private = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
             noise_multiplier=state.noise_multiplier,
             max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=generator,
+            noise_generator=noise_generator,
+            grad_sample_mode=cfg.grad_sample_mode,
         )
+        if cfg.grad_sample_mode == "ghost":
+            model, optimizer, criterion, loader = private
+        else:
+            model, optimizer, loader = private
         q = sample_rate(n, cfg.batch_size)
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
-    losses = []
+    elif poisson:  # Opacus's own Poisson sampler, drawn from the same (global, seeded) RNG
+        loader = DPDataLoader.from_data_loader(loader)
+    losses, samples = [], 0
     schedule = _lr_schedule(optimizer, cfg, done=state.rounds_trained * steps,
                             total=planned_rounds(cfg) * steps)
     try:
@@ -181,8 +211,10 @@ def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunCon
                                            sample_rate=sample_rate(n, cfg.batch_size))
                 continue
             optimizer.zero_grad(set_to_none=True)
+            batch = {k: v.to(device) for k, v in batch.items()}
             loss = _step_in_chunks(model, optimizer, batch, cfg.micro_batch_size,
-                                   dp=engine is not None)
+                                   dp=engine is not None, criterion=criterion)
+            samples += len(batch["labels"])
             if anchor is not None:
                 _proximal_pull(params, anchor, cfg.lr * cfg.proximal_mu)
             losses.append(loss)
@@ -191,5 +223,6 @@ def train_local(model, dataset: TokenizedDataset, pad_token_id: int, cfg: RunCon
             state.history = merge_history(engine.accountant.history)
             model._close()  # drop Opacus hooks; the PEFT model lives on without them
     return LocalResult(
-        train_loss=sum(losses) / max(len(losses), 1), steps=steps, num_examples=n
+        train_loss=sum(losses) / max(len(losses), 1), steps=steps, num_examples=n,
+        samples=samples,
     )
