@@ -86,10 +86,12 @@ def where(result: dict[str, Any]) -> str:
 
 def section_throughput(r: dict[str, Any]) -> str:
     rows = [[x["mode"], x["samples_per_s"], x["ratio"],
-             "–" if x["target_met"] is None else verdict(x["target_met"])]
+             "–" if x["target_met"] is None else verdict(x["target_met"]), x.get("cpu_ratio")]
             for x in r["results"]]
     s = r["settings"]
-    return (f"{md_table(['mode', 'samples/s', 'no-DP / DP time ratio', 'target <= 1.10'], rows)}"
+    headers = ["mode", "samples/s", "no-DP / DP time ratio", "target <= 1.10",
+               "CPU-time ratio (process time)"]
+    return (f"{md_table(headers, rows)}"
             f"\n\n{s['rows']:,} SST-2 rows, expected Poisson batch {s['batch-size']}, "
             f"micro-batches of {s['micro-batch-size']}, max length {s['max-length']}, "
             f"{s['steps']} steps x {s['repeats']} repeat(s) per mode (median), "
@@ -134,7 +136,7 @@ def section_bytes(r: dict[str, Any]) -> str:
 
 def section_utility(r: dict[str, Any], plots: list[str]) -> str:
     rows = [[x["name"], x.get("samples"), x.get("accuracy"),
-             None if "points_below_reference" not in x else -x["points_below_reference"],
+             None if "points_below_reference" not in x else 0.0 - x["points_below_reference"],
              x.get("epsilon"), x.get("bytes_up_per_client_round"), x.get("wall_s"),
              "ok" if x.get("ok") else "FAILED"] for x in r["results"]]
     s = r["settings"]
