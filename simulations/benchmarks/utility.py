@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
             samples = out.get("samples")
         eps = out.get("epsilon") if arm == "central" else out.get("epsilon_max")
         result["results"].append({"name": name, "arm": arm, **extra, **out,
-                                  "samples": samples, "epsilon": eps})
+                                  "samples": None if samples is None else round(samples),
+                                  "epsilon": eps})
         save(result, folder)
 
     by_name = {r["name"]: r for r in result["results"]}
