@@ -2,7 +2,9 @@
 its node config ``data-path`` names (real hosts, ``client-data = local``).
 
 Cached per process: in a simulation, Ray keeps client workers alive across rounds, so each worker
-reads and tokenises a partition once instead of once per message.
+reads and tokenises a partition once instead of once per message. A worker serves whichever
+clients the simulation hands it, so the cache holds many partitions (together at most about one
+copy of the tokenised training set, since partitions do not overlap).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _tokenizer(cfg: RunConfig):
     return load_tokenizer(cfg)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=64)
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: str,
                 labels: tuple[str, ...]):
     """(rows, pad token id) for ``split`` = ``train`` or ``eval`` of this client's partition."""

@@ -8,6 +8,10 @@ weights after each optimiser step (w -= lr * mu * (w - w_global)), not added to 
 clips and noises only the per-sample gradients it records in its hooks, so a term added to the loss
 would be silently dropped under DP. The pull depends only on the weights, never on the data, so
 it spends no privacy, and it behaves the same with DP on and off.
+
+``grad-sample-mode`` picks how Opacus gets per-sample gradient norms: ``hooks`` and ``functorch``
+store per-sample gradients; ``ghost`` (ghost clipping) computes only their norms and runs a second
+backward pass, which pays off for large layers (and on GPUs), not for small LoRA factors on a CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader
 
 from config import RunConfig
@@ -29,6 +34,7 @@ class LocalResult:
     train_loss: float
     steps: int
     num_examples: int
+    samples: int = 0  # rows actually trained on (Poisson batches vary in size)
 
 
 def _batches(loader, steps: int):
@@ -93,6 +99,20 @@ def _fp32_grad_samples(model) -> None:
         sample = getattr(p, "grad_sample", None)
         if isinstance(sample, torch.Tensor) and sample.dtype != p.dtype:
             p.grad_sample = sample.to(p.dtype)
+
+
+def _loss_fn(task, cfg: RunConfig, criterion):
+    """The task's loss, or under ghost clipping Opacus's criterion on the logits (it needs the
+    per-sample losses to run its two backward passes; classification only)."""
+    if criterion is None:
+        return lambda model, chunk: task.loss(cfg, model, chunk)
+
+    def ghost(model, chunk):
+        logits = model(input_ids=chunk["input_ids"],
+                       attention_mask=chunk["attention_mask"]).logits
+        return criterion(logits, chunk["labels"])
+
+    return ghost
 
 
 def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool, loss_fn) -> float:
@@ -164,29 +184,34 @@ def _noise_generator(params, generator: torch.Generator, seed: int) -> torch.Gen
 
 
 def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
-                state: PrivacyState, seed: int) -> LocalResult:
+                state: PrivacyState, seed: int, *, poisson: bool | None = None) -> LocalResult:
     """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps.
 
     ``dataset`` and the loss are the task's (``tasks/registry``); everything about privacy is
-    the same for every task.
+    the same for every task. ``poisson`` makes the non-private baseline draw Opacus's Poisson
+    batches too (DP always does): both then see the same batches from the same seed, which is
+    what a fair DP-overhead measurement needs (the throughput benchmark). By default, without
+    DP, batches are shuffled.
     """
     task = task_for(cfg)
     n = len(dataset)
     steps = steps_per_round(n, cfg.batch_size, cfg.local_epochs)
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # LoRA dropout
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)  # shuffling (the loader runs on the CPU)
+    torch.manual_seed(seed)  # LoRA dropout; Poisson sampling
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not cfg.dp_enabled,
+    poisson = cfg.dp_enabled if poisson is None else poisson or cfg.dp_enabled
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not poisson,
                         collate_fn=task.collator(pad_token_id), generator=generator)
-    engine = None
+    engine = criterion = None
     model.train()
     if cfg.dp_enabled:
         engine = PrivacyEngine(accountant=cfg.accountant)
         engine.accountant.history = list(state.history)
-        model, optimizer, loader = engine.make_private(
+        private = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
@@ -194,10 +219,18 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
             max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=True,
             noise_generator=_noise_generator(params, generator, seed),
+            grad_sample_mode=cfg.grad_sample_mode,
         )
+        if cfg.grad_sample_mode == "ghost":
+            model, optimizer, criterion, loader = private
+        else:
+            model, optimizer, loader = private
         q = sample_rate(n, cfg.batch_size)
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
-    losses = []
+    elif poisson:  # Opacus's own Poisson sampler, drawn from the same (global, seeded) RNG
+        loader = DPDataLoader.from_data_loader(loader)
+    losses, samples = [], 0
+    loss_fn = _loss_fn(task, cfg, criterion)
     schedule = _lr_schedule(optimizer, cfg, done=state.rounds_trained * steps,
                             total=planned_rounds(cfg) * steps)
     try:
@@ -210,9 +243,10 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
                                            sample_rate=sample_rate(n, cfg.batch_size))
                 continue
             optimizer.zero_grad(set_to_none=True)
+            batch = {k: v.to(device) for k, v in batch.items()}
             loss = _step_in_chunks(model, optimizer, batch, cfg.micro_batch_size,
-                                   dp=engine is not None,
-                                   loss_fn=lambda m, b: task.loss(cfg, m, b))
+                                   dp=engine is not None, loss_fn=loss_fn)
+            samples += len(batch["labels"])
             if anchor is not None:
                 _proximal_pull(params, anchor, cfg.lr * cfg.proximal_mu)
             losses.append(loss)
@@ -221,5 +255,6 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
             state.history = merge_history(engine.accountant.history)
             model._close()  # drop Opacus hooks; the PEFT model lives on without them
     return LocalResult(
-        train_loss=sum(losses) / max(len(losses), 1), steps=steps, num_examples=n
+        train_loss=sum(losses) / max(len(losses), 1), steps=steps, num_examples=n,
+        samples=samples,
     )

@@ -23,6 +23,8 @@ DP_MODES = ("off", "sample", "client", "both")
 CLIENT_DP_SIDES = ("server", "client")
 ACCOUNTANTS = ("prv", "rdp")
 LR_SCHEDULES = ("constant", "linear")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+DEVICES = ("auto", "cpu", "cuda")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 CLIENT_DATA = ("partition", "local")
 
@@ -77,6 +79,7 @@ class RunConfig:
     target_epsilon: float = 8.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
+    grad_sample_mode: str = "hooks"
     accountant: str = "prv"
     planned_rounds: int = 0
     ledger_dir: str = ""
@@ -94,6 +97,7 @@ class RunConfig:
     fault_injection: str = ""
     eval_batch_size: int = 128
     client_threads: int = 1
+    device: str = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -186,6 +190,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     choice("server-optimizer", cfg.server_optimizer, SERVER_OPTIMIZERS)
     choice("dp", cfg.dp, DP_MODES)
     choice("accountant", cfg.accountant, ACCOUNTANTS)
+    choice("grad-sample-mode", cfg.grad_sample_mode, GRAD_SAMPLE_MODES)
+    _check(cfg.grad_sample_mode != "ghost" or cfg.task == "seq-cls", "grad-sample-mode",
+           cfg.grad_sample_mode, "ghost clipping is wired for task = 'seq-cls' only; use "
+           "'hooks' or 'functorch' with causal-lm")
+    choice("device", cfg.device, DEVICES)
     choice("client-dp-side", cfg.client_dp_side, CLIENT_DP_SIDES)
     _check(cfg.planned_rounds >= 0, "planned-rounds", cfg.planned_rounds,
            "must be >= 0 (0 = num-server-rounds)")

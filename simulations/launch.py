@@ -146,6 +146,7 @@ def run_simulation(
     workdir: str | Path | None = None,
     project: str | Path = PROJECT_ROOT,
     cpus_per_client: int = 1,
+    gpus_per_client: float = 0.0,
     timeout_s: float = 3600.0,
     log_path: str | Path | None = None,
 ) -> int:
@@ -171,6 +172,8 @@ def run_simulation(
     try:
         wait_for_port(port, superlink)
         federation = f"num-supernodes={num_clients} client-resources-num-cpus={cpus_per_client}"
+        if gpus_per_client > 0:  # Ray hides the GPUs from a ClientApp that asks for none
+            federation += f" client-resources-num-gpus={gpus_per_client}"
         cmd = ["flwr", "run", str(project), "fedtune", "--stream",
                "--federation-config", federation]
         if run_config:
@@ -207,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--run-config", default="", help="overrides, as for flwr run")
     parser.add_argument("--cpus-per-client", type=int, default=1)
+    parser.add_argument("--gpus-per-client", type=float, default=0.0,
+                        help="GPU share per simulated client (e.g. 0.5: two clients per GPU)")
     args = parser.parse_args(argv)
     overrides = parse_run_config(args.run_config)
     try:  # fail in a second, not after the SuperLink and Ray have started
@@ -215,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     code = run_simulation(overrides, args.num_clients, cpus_per_client=args.cpus_per_client,
+                          gpus_per_client=args.gpus_per_client,
                           workdir=tempfile.mkdtemp(prefix="fedtune-sim-"))
     if code != 0:
         print(f"flwr run exited with code {code}", file=sys.stderr)

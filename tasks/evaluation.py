@@ -16,11 +16,12 @@ def evaluate(model, dataset: TokenizedDataset, pad_token_id: int, batch_size: in
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollator(pad_token_id))
     total_loss, correct, seen = 0.0, 0, 0
     confusion = torch.zeros((num_labels, num_labels), dtype=torch.long)
+    device = next(model.parameters()).device
     for batch in loader:
-        out = model(**batch)
+        out = model(**{k: v.to(device) for k, v in batch.items()})
         n = batch["labels"].shape[0]
         total_loss += float(out.loss) * n
-        pred = out.logits.argmax(dim=-1)
+        pred = out.logits.argmax(dim=-1).cpu()
         correct += int((pred == batch["labels"]).sum())
         seen += n
         confusion += torch.bincount(batch["labels"] * num_labels + pred,

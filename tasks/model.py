@@ -42,11 +42,26 @@ def load_tokenizer(cfg: RunConfig):
     return tokenizer
 
 
+def resolve_device(cfg: RunConfig) -> torch.device:
+    """``auto``: the GPU when this process sees one, else the CPU.
+
+    In a simulation Ray hides the GPUs from a ClientApp unless the federation config gives each
+    client a share (``client-resources-num-gpus``), so ``auto`` is safe on any machine.
+    """
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("run-config key 'device' = 'cuda': this process sees no CUDA device; "
+                          "use device='auto' or 'cpu', or give simulated clients a GPU share "
+                          "(--federation-config 'client-resources-num-gpus=0.5')")
+    return torch.device("cuda")
+
+
 def build_model(cfg: RunConfig, num_labels: int) -> PeftModel:
     """Base model with a fresh ``num_labels`` head, wrapped with LoRA; only LoRA + head train.
 
-    The result is in train mode: Opacus needs that for its hooks, and ``from_pretrained`` leaves
-    models in eval mode.
+    The model lives on ``device``. The result is in train mode: Opacus needs that for its hooks,
+    and ``from_pretrained`` leaves models in eval mode.
     """
     base = load_base(AutoModelForSequenceClassification, cfg, num_labels=num_labels)
     return wrap_with_lora(base, cfg, TaskType.SEQ_CLS)
@@ -71,6 +86,7 @@ def wrap_with_lora(base, cfg: RunConfig, task_type: TaskType) -> PeftModel:
     trains; FFA-LoRA's shared A is drawn and frozen here. Returned in train mode."""
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id
+    base.to(resolve_device(cfg))  # before get_peft_model: LoRA layers are created beside it
     lora = LoraConfig(
         task_type=task_type,
         r=cfg.lora_r,

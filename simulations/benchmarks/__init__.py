@@ -1,0 +1,1 @@
+"""The benchmarks behind ``python -m simulations.bench NAME``, one module each."""

@@ -1,0 +1,71 @@
+"""grad-sample-mode, the Poisson no-DP baseline and the device setting of the local trainer."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from client.trainer import train_local
+from config import ConfigError, from_run_config
+from privacy.accounting import PrivacyState
+from tasks.adapter import adapter_state
+from tasks.batching import TokenizedDataset
+from tasks.data import load_splits
+from tasks.model import build_model, load_tokenizer, resolve_device
+
+
+@pytest.fixture
+def setup(tiny_model, toy_data):
+    cfg = from_run_config({"model": str(tiny_model), "dataset": str(toy_data),
+                           "max-train-samples": 120, "batch-size": 24, "micro-batch-size": 8,
+                           "delta": 1e-3, "max-length": 32, "local-epochs": 1.0,
+                           "lr-schedule": "constant"})
+    splits = load_splits(cfg)
+    tok = load_tokenizer(cfg)
+    rows = TokenizedDataset.from_texts(tok, splits.train["text"], splits.train["label"], 32)
+    return cfg, rows, tok.pad_token_id
+
+
+def _train(cfg, rows, pad, **kw):
+    torch.manual_seed(0)
+    model = build_model(cfg, 2)
+    before = adapter_state(model)
+    state = PrivacyState(noise_multiplier=1.0, sample_rate=24 / 120)
+    result = train_local(model, rows, pad, cfg, state, seed=7, **kw)
+    return before, adapter_state(model), result, state
+
+
+def test_functorch_and_ghost_take_the_same_dp_steps_as_hooks(setup):
+    """Same batches, clipping and noise: the three ways to get per-sample norms agree."""
+    cfg, rows, pad = setup
+    before, hooks, ref, ref_state = _train(cfg, rows, pad)
+    assert any(not torch.equal(before[k], hooks[k]) for k in hooks), "DP step changed nothing"
+    for mode in ("functorch", "ghost"):
+        _, weights, result, state = _train(dataclasses.replace(cfg, grad_sample_mode=mode),
+                                           rows, pad)
+        assert result.samples == ref.samples and state.history == ref_state.history
+        for k in hooks:
+            torch.testing.assert_close(weights[k], hooks[k], rtol=1e-4, atol=1e-6)
+
+
+def test_poisson_baseline_trains_on_the_dp_batches(setup):
+    cfg, rows, pad = setup
+    _, _, dp, _ = _train(cfg, rows, pad)
+    _, _, plain, state = _train(dataclasses.replace(cfg, dp="off"), rows, pad, poisson=True)
+    _, _, shuffled, _ = _train(dataclasses.replace(cfg, dp="off"), rows, pad)
+    assert plain.samples == dp.samples != len(rows)  # Poisson: not exactly one epoch of rows
+    assert shuffled.samples == len(rows) and state.history == []
+
+
+def test_new_keys_are_validated():
+    with pytest.raises(ConfigError, match="'grad-sample-mode' = 'ew'.*hooks \\| functorch"):
+        from_run_config({"grad-sample-mode": "ew"})
+    with pytest.raises(ConfigError, match="'device' = 'gpu'.*auto \\| cpu \\| cuda"):
+        from_run_config({"device": "gpu"})
+
+
+def test_cuda_without_a_visible_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(from_run_config({"device": "auto"})).type == "cpu"
+    with pytest.raises(ConfigError, match="'device' = 'cuda'.*client-resources-num-gpus"):
+        resolve_device(from_run_config({"device": "cuda"}))
