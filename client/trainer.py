@@ -16,6 +16,7 @@ backward pass, which pays off for large layers (and on GPUs), not for small LoRA
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -173,14 +174,16 @@ def _proximal_pull(params, anchor, rate: float) -> None:
             p.sub_(rate * (p - a))
 
 
-def _noise_generator(params, generator: torch.Generator, seed: int) -> torch.Generator:
-    """The generator Opacus draws the noise with: on the weights' device (``torch.normal`` refuses
-    a CPU generator for CUDA tensors, and Opacus does not move it). On CPU it stays the one the
-    Poisson sampler uses, as it always was."""
-    on = params[0].device
-    if on.type == "cpu":
-        return generator
-    return torch.Generator(device=on).manual_seed(seed)
+def _noise_generator(params, seed: int) -> torch.Generator:
+    """The generator Opacus draws the noise with: its own stream, on the weights' device.
+
+    ``torch.normal`` refuses a CPU generator for CUDA tensors (and Opacus does not move it); and
+    a stream apart from the Poisson sampler's, seeded differently, keeps the sampled batches
+    independent of the noise draws (the DP analysis assumes independent randomness) and the same
+    as the no-DP Poisson baseline's.
+    """
+    noise_seed = int.from_bytes(hashlib.sha256(f"dp-noise/{seed}".encode()).digest()[:8], "little")
+    return torch.Generator(device=params[0].device).manual_seed(noise_seed)
 
 
 def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
@@ -218,7 +221,7 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
             noise_multiplier=state.noise_multiplier,
             max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=_noise_generator(params, generator, seed),
+            noise_generator=_noise_generator(params, seed),
             grad_sample_mode=cfg.grad_sample_mode,
         )
         if cfg.grad_sample_mode == "ghost":
@@ -227,7 +230,7 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
             model, optimizer, loader = private
         q = sample_rate(n, cfg.batch_size)
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
-    elif poisson:  # Opacus's own Poisson sampler, drawn from the same (global, seeded) RNG
+    elif poisson:  # Opacus's own Poisson sampler, from the loader's seeded generator
         loader = DPDataLoader.from_data_loader(loader)
     losses, samples = [], 0
     loss_fn = _loss_fn(task, cfg, criterion)

@@ -91,7 +91,12 @@ def test_batch_loss_is_the_mean_of_per_row_means(tiny_llama, instruction_data):
         alone = [causal_lm_loss(cfg, model, collate([r])) for r in rows]
         hf_token_mean = model(**{k: v for k, v in collate(rows).items()}).loss
     assert both == pytest.approx(float(sum(alone) / 2), rel=1e-5)
-    assert not math.isclose(float(hf_token_mean), float(both), rel_tol=1e-3)
+    # Hugging Face's loss weights rows by their response tokens instead: not per-row.
+    tokens = [int((r["labels"][1:] != -100).sum()) for r in rows]
+    weighted = sum(n * float(x) for n, x in zip(tokens, alone, strict=True)) / sum(tokens)
+    assert tokens[0] != tokens[1] and not math.isclose(float(alone[0]), float(alone[1]))
+    assert float(hf_token_mean) == pytest.approx(weighted, rel=1e-5)
+    assert abs(float(both) - weighted) > 1e-3 * abs(float(alone[0]) - float(alone[1]))
 
 
 def test_prompt_response_csv_and_plain_text_parquet(tmp_path, tiny_llama):
