@@ -17,8 +17,16 @@ from privacy.accounting import History, epsilon
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:
-    """Poisson rate q, as Opacus derives it from a DataLoader: 1 / number of batches."""
-    return 1.0 / math.ceil(num_examples / batch_size)
+    """Poisson rate q exactly as Opacus *accounts* it, which the plan and the budget must match.
+
+    Opacus samples at 1/k, k = ceil(n/B) batches, but its Poisson loader has int(1/(1/k))
+    batches and ``make_private`` accounts 1/len(loader): float rounding makes that 1/(k-1) for
+    some k (k = 221, e.g. n = 56,418 at B = 256). Accounting at the slightly larger rate is
+    conservative; planning at 1/k would not be, and a client's last round then overshoots its
+    budget and is refused (seen: epsilon 7.477 -> 8.008 at target 8).
+    """
+    batches = math.ceil(num_examples / batch_size)
+    return 1.0 / int(1 / (1.0 / batches))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -119,3 +119,25 @@ def test_linear_schedule_decays_over_the_whole_run_not_per_round():
     opt.param_groups[0]["lr"] = 1.0
     _lr_schedule(opt, from_run_config({"lr-schedule": "constant"}), done=3, total=4)()
     assert opt.param_groups[0]["lr"] == 1.0
+
+
+@pytest.mark.parametrize("n, batch", [(56_418, 256), (33_675, 256), (600, 16), (10_931, 256)])
+def test_planned_rate_is_the_rate_opacus_accounts(n, batch):
+    """Opacus accounts 1/len(its Poisson loader), which float rounding can make 1/(k-1) instead
+    of 1/k (n = 56,418, B = 256): the plan must use the accounted rate, or the last planned
+    round overshoots the budget."""
+    import torch
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = torch.nn.Linear(1, 1)
+    loader = DataLoader(TensorDataset(torch.zeros(n, 1)), batch_size=batch)
+    engine = PrivacyEngine(accountant="rdp")
+    _, optimizer, private = engine.make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=loader,
+        noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=True)
+    optimizer.zero_grad()
+    model(torch.zeros(2, 1)).sum().backward()
+    optimizer.step()
+    ((_, accounted, _),) = engine.accountant.history
+    assert sample_rate(n, batch) == accounted
