@@ -37,7 +37,7 @@ class RoundEnd:
         self.rounds: dict[int, RoundLog] = strategy.rounds
         self.latest = latest  # Flower's Result.arrays stays empty if no round released one
         self.resumed = resumed  # written into the first line after a resume
-        self.completed = -1
+        self.completed = resumed["from_round"] if resumed else -1  # last round written
         self.local = local  # clients with their own data: numbered by node, sized by replies
         self.started = self.last = time.monotonic()
 

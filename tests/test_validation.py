@@ -114,6 +114,11 @@ def test_rejections_reach_metrics_jsonl(tiny_model, toy_data, tmp_path):
     arrays = to_arrays(adapter_state(model))
     RoundEnd(cfg, run, model, eval_set, tok.pad_token_id, 2, strategy, [], 3, latest=arrays)(
         1, arrays)
+    # A resumed run counts its rounds from the checkpoint (failed.json names the right one) and
+    # says so in its first line.
+    resumed = RoundEnd(cfg, run, model, eval_set, tok.pad_token_id, 2, strategy, [], 3,
+                       latest=arrays, resumed={"from_round": 4, "damaged_checkpoints": []})
+    assert resumed.completed == 4
     line = json.loads(run.metrics_path.read_text().splitlines()[-1])
     assert line["rejected"] == [{"node": 2, "reason": "non-finite values (NaN/inf) in 'x'"}]
     assert line["clients"] == 1 and line["epsilon_max"] == 3.0
