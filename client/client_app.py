@@ -17,24 +17,25 @@ from flwr.clientapp import ClientApp
 
 from client.faults import fault_mod
 from client.local_data import client_rows
+from client.mods import client_clipping_mod
 from client.noise_seed import round_seed
 from client.rank import client_rank
 from client.trainer import train_local
-from config import RunConfig, from_run_config
-from privacy.accounting import PrivacyState, epsilon
-from privacy.budget import ClientBudget
-from privacy.calibration import sample_rate
-from privacy.ledger import Ledger, fingerprint
-from strategies.client_dp import UNIT_WEIGHT, client_clipping_mod
-from tasks.adapter import (
+from fedtune.config import RunConfig, from_run_config
+from fedtune.model.adapter import (
     AdapterMismatchError,
     adapter_state,
     from_arrays,
     load_adapter_state,
     to_arrays,
 )
-from tasks.lora_layout import lora_a_digest, travelling_keys
-from tasks.registry import task_for
+from fedtune.model.lora_layout import lora_a_digest, travelling_keys
+from fedtune.privacy.accounting import PrivacyState, epsilon
+from fedtune.privacy.budget import ClientBudget
+from fedtune.privacy.calibration import sample_rate
+from fedtune.privacy.ledger import Ledger, fingerprint
+from fedtune.protocol import UNIT_WEIGHT
+from fedtune.tasks.registry import task_for
 
 app = ClientApp(mods=[fault_mod, client_clipping_mod])
 

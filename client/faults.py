@@ -12,7 +12,7 @@ import time
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 
-from config import from_run_config
+from fedtune.config import from_run_config
 
 
 class InjectedFault(RuntimeError):

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from config import ConfigError, RunConfig
-from tasks.data import NODE_DATA_FIX, check_node_data, load_node_data
-from tasks.model import load_tokenizer
-from tasks.registry import task_for
+from fedtune.config import ConfigError, RunConfig
+from fedtune.data.loading import NODE_DATA_FIX, check_node_data, load_node_data
+from fedtune.model.build import load_tokenizer
+from fedtune.tasks.registry import task_for
 
 
 @lru_cache(maxsize=2)
@@ -35,7 +35,7 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
     """(rows, pad token id) for ``split`` = ``train`` or ``eval`` of this client's partition."""
     # Imported here: flwr-datasets pulls in matplotlib, seaborn and scipy, which a real host
     # (its own data, no partitioner) never needs and would import at every message.
-    from simulations.partitioning import load_partition
+    from fedtune.data.partitioning import load_partition
 
     splits = _splits(cfg)
     if splits.labels != labels:
@@ -78,7 +78,7 @@ def client_rows(cfg: RunConfig, node_config: Mapping[str, Any], split: str,
         raise ConfigError(f"node config 'data-path' = {data_path!r} is set but the run was "
                           "submitted with client-data = 'partition' (a share of the server's "
                           "dataset); submit with --run-config \"client-data='local'\" "
-                          "(python -m deploy submit does) or drop data-path")
+                          "(python -m fedtune.deploy submit does) or drop data-path")
     if "num-partitions" not in node_config or pid < 0:
         raise ConfigError("this node has neither node config 'data-path' nor 'partition-id' + "
                           "'num-partitions'; on a real host start flower-supernode with "

@@ -17,7 +17,7 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from config import RunConfig
+from fedtune.config import RunConfig
 
 SECRET_FILE = "noise-secret"
 

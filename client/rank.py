@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from config import ConfigError, RunConfig
+from fedtune.config import ConfigError, RunConfig
 
 
 def client_rank(cfg: RunConfig, node_config: Mapping[str, Any]) -> int:

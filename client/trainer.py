@@ -24,10 +24,10 @@ from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader
 
-from config import RunConfig
-from privacy.accounting import PrivacyState, merge_history
-from privacy.calibration import planned_rounds, sample_rate, steps_per_round
-from tasks.registry import task_for
+from fedtune.config import RunConfig
+from fedtune.privacy.accounting import PrivacyState, merge_history
+from fedtune.privacy.calibration import planned_rounds, sample_rate, steps_per_round
+from fedtune.tasks.registry import task_for
 
 
 @dataclass(frozen=True)

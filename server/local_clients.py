@@ -9,7 +9,7 @@ for: that would leak more about a client's data than training needs.
 
 from __future__ import annotations
 
-from outputs.run_folder import RunFolder
+from fedtune.outputs.run_folder import RunFolder
 from strategies.round_log import RoundLog
 
 

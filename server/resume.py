@@ -21,9 +21,9 @@ import numpy as np
 from flwr.supercore import log
 from safetensors.numpy import load_file, save_file
 
-from config import ConfigError, RunConfig
-from outputs.checkpoint import damage
-from outputs.run_folder import RunFolder
+from fedtune.config import ConfigError, RunConfig
+from fedtune.outputs.checkpoint import damage
+from fedtune.outputs.run_folder import RunFolder
 from strategies.round_log import RoundLog
 
 STATE_JSON = "server-state.json"

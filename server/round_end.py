@@ -13,17 +13,17 @@ from logging import INFO
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.supercore import log
 
-from config import RunConfig
-from outputs.run_folder import RunFolder
-from privacy.client_level import client_level_report
-from privacy.report import build_report
+from fedtune.config import RunConfig
+from fedtune.model.adapter import from_arrays, load_adapter_state
+from fedtune.outputs.run_folder import RunFolder
+from fedtune.privacy.client_level import client_level_report
+from fedtune.privacy.report import build_report
+from fedtune.tasks.registry import task_for
 from server.local_clients import LocalClients
 from server.resume import state_writer
 from strategies.base import from_record
 from strategies.client_dp import sampled_per_round
 from strategies.round_log import RoundLog
-from tasks.adapter import from_arrays, load_adapter_state
-from tasks.registry import task_for
 
 
 class RoundEnd:

@@ -11,19 +11,19 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from config import ConfigError, from_run_config
-from outputs.run_folder import RunFolder
-from privacy.calibration import check_delta
+from fedtune.config import ConfigError, from_run_config
+from fedtune.data.partitioning import describe
+from fedtune.model.adapter import adapter_state, from_arrays, load_adapter_state, to_arrays
+from fedtune.model.build import load_tokenizer
+from fedtune.outputs.run_folder import RunFolder
+from fedtune.privacy.calibration import check_delta
+from fedtune.tasks.registry import task_for
 from server.local_clients import LocalClients
 from server.resume import check_settings, load_resume_point
 from server.round_end import RoundEnd
 from server.round_loop import run_rounds
-from simulations.partitioning import describe
 from strategies.base import to_record
 from strategies.registry import build_strategy, innermost
-from tasks.adapter import adapter_state, from_arrays, load_adapter_state, to_arrays
-from tasks.model import load_tokenizer
-from tasks.registry import task_for
 
 app = ServerApp()
 

@@ -87,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from client.trainer import train_local
-    from config import from_run_config
-    from privacy.accounting import PrivacyState, epsilon
-    from privacy.calibration import calibrate, sample_rate
-    from tasks.model import load_tokenizer
-    from tasks.precision import uses_bf16
-    from tasks.registry import task_for
+    from fedtune.config import from_run_config
+    from fedtune.model.build import load_tokenizer
+    from fedtune.model.precision import uses_bf16
+    from fedtune.privacy.accounting import PrivacyState, epsilon
+    from fedtune.privacy.calibration import calibrate, sample_rate
+    from fedtune.tasks.registry import task_for
 
     work = Path(tempfile.mkdtemp(prefix="fedtune-gpu-"))
     dataset = args.dataset or str(sums_dataset(work / "data", args.rows, args.eval_rows))

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from outputs.atomic import write_bytes, write_text
-from simulations.launch import PROJECT_ROOT
+from fedtune.atomic import write_bytes, write_text
+from fedtune.project import PROJECT_ROOT
 
 ORDER = ("throughput", "federation", "bytes", "utility", "scale", "strategies")
 FULL_COMMANDS = {

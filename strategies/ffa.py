@@ -3,17 +3,17 @@
 With one A for everyone, mean_k(B_k·A) = mean_k(B_k)·A: averaging B is exactly averaging the
 clients' updates, which FedAvg over (A, B) is not; DP noise enters B alone instead of being
 multiplied through a product; and the upload halves. The server and every client draw A from
-``seed`` (``tasks.model.freeze_shared_lora_a``); its SHA-256 travels in the round's config and a
-client whose A differs refuses to train rather than silently breaking exactness.
+``seed`` (``fedtune.model.build.freeze_shared_lora_a``); its SHA-256 travels in the round's config
+and a client whose A differs refuses to train rather than silently breaking exactness.
 """
 
 from __future__ import annotations
 
 from flwr.app import ArrayRecord, ConfigRecord
 
+from fedtune.model.lora_layout import is_lora_a, lora_a_digest
 from strategies.base import Arrays
 from strategies.fedavg import LoraFedAvg
-from tasks.lora_layout import is_lora_a, lora_a_digest
 
 
 class FfaLora(LoraFedAvg):

@@ -17,9 +17,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedtune.model.lora_layout import LORA_A, LORA_B, head_keys, is_lora_a, lora_modules
 from strategies.base import Arrays, LoraStrategy, from_record, to_record, weighted_mean
 from strategies.lowrank import factorise, lora_delta, lora_scaling, truncation_error
-from tasks.lora_layout import LORA_A, LORA_B, head_keys, is_lora_a, lora_modules
 
 DELTA = ".delta_w"  # key suffix of a module's delta-W in the state the optimiser steps on
 

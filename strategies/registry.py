@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import Strategy
 
-from config import RunConfig
+from fedtune.config import RunConfig
+from fedtune.protocol import UNIT_WEIGHT
 from strategies import client_dp
 from strategies.base import LoraStrategy
 from strategies.fedavg import LoraFedAvg
@@ -34,7 +35,7 @@ def build_strategy(cfg: RunConfig, num_clients: int) -> Strategy:
     if cfg.aggregation == "hetero-rank":
         common.update(lora_alpha=cfg.lora_alpha, global_rank=cfg.lora_r, seed=cfg.seed)
     if cfg.client_dp_enabled:
-        common["weighted_by_key"] = client_dp.UNIT_WEIGHT
+        common["weighted_by_key"] = UNIT_WEIGHT
     strategy = STRATEGIES[cfg.aggregation](**common)
     return client_dp.wrap(strategy, cfg, num_clients) if cfg.client_dp_enabled else strategy
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from config import RunConfig
+from fedtune.config import RunConfig
 
 Arrays = dict[str, np.ndarray]
 

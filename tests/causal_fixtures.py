@@ -6,9 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from fixtures import FILLER, NEGATIVE, POSITIVE, write_jsonl
-
-from tasks.prompts import ALPACA_HEADER, ALPACA_HEADER_INPUT
+from fedtune.data.prompts import ALPACA_HEADER, ALPACA_HEADER_INPUT
+from fedtune.data.toy import FILLER, NEGATIVE, POSITIVE, write_jsonl
 
 OPPOSITES = dict(zip(POSITIVE, NEGATIVE, strict=True)) | dict(zip(NEGATIVE, POSITIVE, strict=True))
 # Wide initial weights: with the usual 0.02 a 32-wide model's frozen output layer cannot make any

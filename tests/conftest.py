@@ -16,7 +16,8 @@ from causal_fixtures import (  # noqa: E402
     make_tiny_gpt2,
     make_tiny_llama,
 )
-from fixtures import make_tiny_bert, make_toy_dataset  # noqa: E402
+
+from fedtune.data.toy import make_tiny_bert, make_toy_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from config import from_run_config
-from tasks.adapter import (
+from fedtune.config import from_run_config
+from fedtune.model.adapter import (
     AdapterMismatchError,
     adapter_state,
     from_arrays,
     load_adapter_state,
     to_arrays,
 )
-from tasks.model import build_model
+from fedtune.model.build import build_model
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 
 import datasets
 import pytest
-from fixtures import toy_rows, write_jsonl
 
-from config import ConfigError, from_run_config
-from simulations import partitioning
-from simulations.partitioning import describe
-from tasks.data import load_splits
+from fedtune.config import ConfigError, from_run_config
+from fedtune.data import partitioning
+from fedtune.data.loading import load_splits
+from fedtune.data.partitioning import describe
+from fedtune.data.toy import toy_rows, write_jsonl
 
 
 def _folder(tmp_path, train_text: bytes | None = None):

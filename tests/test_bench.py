@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from config import from_run_config
+from fedtune.config import from_run_config
 from simulations.benchmarks.bytes import upload_bytes
 from simulations.benchmarks.common import finish, parse_result_line, result_line
 from simulations.benchmarks.scale import TreeMemory

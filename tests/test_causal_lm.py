@@ -5,22 +5,22 @@ import math
 
 import pytest
 import torch
-from fixtures import write_jsonl
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from client.trainer import _fp32_grad_samples, train_local
-from config import ConfigError, from_run_config
-from privacy.accounting import PrivacyState
-from privacy.calibration import sample_rate
-from tasks.adapter import adapter_state
-from tasks.causal_batching import IGNORE_INDEX, CausalCollator, encode_pair
-from tasks.causal_lm import causal_lm_loss
-from tasks.instruction_data import load_instruction_splits
-from tasks.lora_targets import resolve_targets
-from tasks.model import load_tokenizer
-from tasks.prompts import render_prompt
-from tasks.registry import task_for
+from fedtune.config import ConfigError, from_run_config
+from fedtune.data.causal_batching import IGNORE_INDEX, CausalCollator, encode_pair
+from fedtune.data.instructions import load_instruction_splits
+from fedtune.data.prompts import render_prompt
+from fedtune.data.toy import write_jsonl
+from fedtune.model.adapter import adapter_state
+from fedtune.model.build import load_tokenizer
+from fedtune.model.lora_targets import resolve_targets
+from fedtune.privacy.accounting import PrivacyState
+from fedtune.privacy.calibration import sample_rate
+from fedtune.tasks.causal_lm import causal_lm_loss
+from fedtune.tasks.registry import task_for
 
 
 def causal_cfg(model, data=None, **extra):
@@ -234,9 +234,9 @@ def test_gpt2_client_handler_trains_under_ffa_and_sends_only_b(tiny_gpt2, instru
     from strategy_helpers import FakeGrid, meta
 
     from client import client_app
+    from fedtune.model.adapter import to_arrays
     from strategies.base import from_record
     from strategies.registry import build_strategy
-    from tasks.adapter import to_arrays
 
     overrides = {"task": "causal-lm", "model": str(tiny_gpt2), "dataset": str(instruction_data),
                  "max-train-samples": 0, "max-length": 64, "num-server-rounds": 1,

@@ -10,7 +10,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from simulations.launch import run_simulation
+from fedtune.launch.simulation import run_simulation
 
 
 @pytest.fixture(scope="module")

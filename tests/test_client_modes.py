@@ -9,16 +9,16 @@ from strategy_helpers import FakeGrid, meta
 from client import client_app
 from client.rank import client_rank
 from client.trainer import train_local
-from config import ConfigError, from_run_config
-from privacy.accounting import PrivacyState
-from privacy.calibration import sample_rate
+from fedtune.config import ConfigError, from_run_config
+from fedtune.data.batching import TokenizedDataset
+from fedtune.data.loading import load_splits
+from fedtune.model.adapter import AdapterMismatchError, adapter_state, to_arrays
+from fedtune.model.build import build_model, load_tokenizer, seeded_model
+from fedtune.model.lora_layout import is_lora_a, is_lora_b
+from fedtune.privacy.accounting import PrivacyState
+from fedtune.privacy.calibration import sample_rate
 from strategies.base import from_record
 from strategies.registry import build_strategy
-from tasks.adapter import AdapterMismatchError, adapter_state, to_arrays
-from tasks.batching import TokenizedDataset
-from tasks.data import load_splits
-from tasks.lora_layout import is_lora_a, is_lora_b
-from tasks.model import build_model, load_tokenizer, seeded_model
 
 
 def run_config(base_config, **extra):

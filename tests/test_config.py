@@ -1,8 +1,8 @@
 import pytest
 import tomllib
 
-from config import ConfigError, RunConfig, from_run_config
-from tasks.data import load_splits
+from fedtune.config import ConfigError, RunConfig, from_run_config
+from fedtune.data.loading import load_splits
 
 
 def pyproject_defaults() -> dict:

@@ -1,10 +1,10 @@
 import json
 
 import pytest
-from fixtures import toy_rows, write_jsonl
 
-from config import ConfigError, from_run_config
-from tasks.data import load_splits
+from fedtune.config import ConfigError, from_run_config
+from fedtune.data.loading import load_splits
+from fedtune.data.toy import toy_rows, write_jsonl
 
 
 def test_folder_jsonl_loads_with_inferred_labels(toy_data):

@@ -9,22 +9,22 @@ import tomllib
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-from fixtures import toy_rows, write_jsonl
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.common.config import parse_config_args
 
 from client.local_data import client_rows
 from client.noise_seed import SECRET_FILE, round_seed
-from config import ConfigError, from_run_config
-from deploy.certs import make_all
-from deploy.cli import main as deploy_main
-from deploy.cli import submit_config
-from deploy.commands import INSECURE_WARNING, config_arg, superlink_argv, supernode_argv
-from outputs.run_folder import RunFolder
+from fedtune.config import ConfigError, from_run_config
+from fedtune.data.loading import load_node_data
+from fedtune.data.toy import toy_rows, write_jsonl
+from fedtune.deploy.certs import make_all
+from fedtune.deploy.cli import main as deploy_main
+from fedtune.deploy.cli import submit_config
+from fedtune.deploy.commands import INSECURE_WARNING, config_arg, superlink_argv, supernode_argv
+from fedtune.launch.flwr_cli import write_connection
+from fedtune.outputs.run_folder import RunFolder
 from server.local_clients import LocalClients
-from simulations.launch import write_connection
 from strategies.round_log import RoundLog
-from tasks.data import load_node_data
 
 
 def test_certificates_name_the_sans_and_node_keys_load_as_flower_reads_them(tmp_path):
@@ -92,7 +92,7 @@ def test_submit_defaults_to_the_hosts_own_data():
 
 
 def _project():
-    from deploy.cli import PROJECT_ROOT
+    from fedtune.deploy.cli import PROJECT_ROOT
 
     return PROJECT_ROOT
 

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from deploy.checks import check_ledgers, check_run_folder
-from deploy.cluster import LocalCluster
-from deploy.demo import DELTA, demo_run_config, make_material, start_federation
-from simulations.launch import run_config_arg
+from fedtune.deploy.checks import check_ledgers, check_run_folder
+from fedtune.deploy.cluster import LocalCluster
+from fedtune.deploy.demo import DELTA, demo_run_config, make_material, start_federation
+from fedtune.launch.flwr_cli import run_config_arg
 
 NODES = 3
 
@@ -39,7 +39,7 @@ def _metrics(run):
 
 def test_a_node_whose_key_is_not_registered_is_refused(federation):
     cluster, _, _, data = federation
-    from deploy.certs import make_node_key
+    from fedtune.deploy.certs import make_node_key
 
     stranger, _ = make_node_key(cluster.root / "stranger", "node-x")
     proc = cluster.start_supernode(NODES + 1, data[0], key=stranger)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tasks.evaluation import macro_f1
+from fedtune.tasks.evaluation import macro_f1
 
 
 def test_macro_f1_matches_a_hand_computation():

@@ -7,7 +7,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from strategy_helpers import FakeGrid, adapter, failed, reply, sent_arrays, start, train_like
 
 from client.faults import InjectedFault, fault_mod, planned_fault
-from config import ConfigError, from_run_config
+from fedtune.config import ConfigError, from_run_config
 from strategies.base import TooFewRepliesError, to_record
 from strategies.fedavg import LoraFedAvg
 

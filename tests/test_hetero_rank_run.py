@@ -6,7 +6,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from simulations.launch import run_simulation
+from fedtune.launch.simulation import run_simulation
 
 
 def test_hetero_rank_run_end_to_end(tiny_model, toy_data, tmp_path):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from strategy_helpers import FakeGrid, adapter, reply, sent_arrays, start, train_like
 
+from fedtune.model.lora_layout import lora_a_digest
 from strategies.fedavg import LoraFedAvg
 from strategies.ffa import FfaLora
 from strategies.hetero_rank import HeteroRankLora
 from strategies.lowrank import factorise, lora_delta, truncation_error
-from tasks.lora_layout import lora_a_digest
 
 ALPHA = 16.0
 

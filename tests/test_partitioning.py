@@ -1,8 +1,8 @@
 import pytest
 
-from config import ConfigError, from_run_config
-from simulations.partitioning import describe, load_partition
-from tasks.data import load_splits
+from fedtune.config import ConfigError, from_run_config
+from fedtune.data.loading import load_splits
+from fedtune.data.partitioning import describe, load_partition
 
 
 @pytest.fixture

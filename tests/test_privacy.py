@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from client.trainer import train_local
-from config import ConfigError, from_run_config
-from privacy.accounting import PrivacyState, epsilon
-from privacy.calibration import calibrate, check_delta, planned_steps, sample_rate
-from tasks.adapter import adapter_state
-from tasks.batching import TokenizedDataset
-from tasks.data import load_splits
-from tasks.model import build_model, load_tokenizer
+from fedtune.config import ConfigError, from_run_config
+from fedtune.data.batching import TokenizedDataset
+from fedtune.data.loading import load_splits
+from fedtune.model.adapter import adapter_state
+from fedtune.model.build import build_model, load_tokenizer
+from fedtune.privacy.accounting import PrivacyState, epsilon
+from fedtune.privacy.calibration import calibrate, check_delta, planned_steps, sample_rate
 
 
 @pytest.mark.parametrize("accountant", ["prv", "rdp"])

@@ -5,14 +5,14 @@ import os
 
 import pytest
 
-from cli.fedtune import main as fedtune
-from config import ConfigError, from_run_config
-from privacy.accounting import PrivacyState, epsilon
-from privacy.budget import ClientBudget
-from privacy.client_level import client_level_report
-from privacy.crosscheck import crosscheck
-from privacy.ledger import Ledger, fingerprint
-from privacy.planner import plan
+from fedtune.cli import main as fedtune
+from fedtune.config import ConfigError, from_run_config
+from fedtune.privacy.accounting import PrivacyState, epsilon
+from fedtune.privacy.budget import ClientBudget
+from fedtune.privacy.client_level import client_level_report
+from fedtune.privacy.crosscheck import crosscheck
+from fedtune.privacy.ledger import Ledger, fingerprint
+from fedtune.privacy.planner import plan
 
 
 @pytest.mark.parametrize(("sigma", "q", "steps"),

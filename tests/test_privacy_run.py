@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from privacy.accounting import epsilon
-from simulations.launch import run_simulation
+from fedtune.launch.simulation import run_simulation
+from fedtune.privacy.accounting import epsilon
 
 
 def _run(overrides, work, name):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from simulations.launch import run_simulation
+from fedtune.launch.simulation import run_simulation
 
 
 def _run(overrides, work, name):

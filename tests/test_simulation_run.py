@@ -8,9 +8,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from config import from_run_config
-from privacy.calibration import planned_steps
-from simulations.launch import run_simulation
+from fedtune.config import from_run_config
+from fedtune.launch.simulation import run_simulation
+from fedtune.privacy.calibration import planned_steps
 
 
 @pytest.fixture(scope="module")

@@ -92,12 +92,12 @@ def test_bad_metrics_are_rejected(metrics, reason):
 
 
 def test_rejections_reach_metrics_jsonl(tiny_model, toy_data, tmp_path):
-    from config import from_run_config
-    from outputs.run_folder import RunFolder
+    from fedtune.config import from_run_config
+    from fedtune.data.batching import TokenizedDataset
+    from fedtune.model.adapter import adapter_state, to_arrays
+    from fedtune.model.build import build_model, load_tokenizer
+    from fedtune.outputs.run_folder import RunFolder
     from server.round_end import RoundEnd
-    from tasks.adapter import adapter_state, to_arrays
-    from tasks.batching import TokenizedDataset
-    from tasks.model import build_model, load_tokenizer
 
     cfg = from_run_config({"model": str(tiny_model), "dataset": str(toy_data),
                            "output-dir": str(tmp_path / "run")})

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulations.launch import PROJECT_ROOT, run_simulation
+from fedtune.launch.simulation import run_simulation
+from fedtune.project import PROJECT_ROOT
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

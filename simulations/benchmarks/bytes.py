@@ -2,7 +2,7 @@
 
 Counted exactly as the strategies count traffic (``strategies.base.record_bytes``: payload bytes
 of the tensors a reply carries, without framing), on the tensors the client really sends
-(``tasks.lora_layout.travelling_keys`` of the adapter state): fedavg sends LoRA A, B and the
+(``fedtune.model.lora_layout.travelling_keys`` of the adapter state): fedavg sends LoRA A, B and the
 head; ffa keeps the seed-shared A at home. The full model is every parameter of the same base
 model with its classification head, what full fine-tuning with FedAvg would upload. Targets:
 fedavg at most 1/300 of the full model, ffa at most 1/600.
@@ -14,9 +14,10 @@ import argparse
 import dataclasses
 from typing import Any
 
+from fedtune.launch.flwr_cli import parse_run_config
+from fedtune.project import PROJECT_ROOT, project_defaults
 from simulations.benchmarks.cli import common_arguments
 from simulations.benchmarks.common import finish, header, result_dir, table
-from simulations.launch import PROJECT_ROOT, parse_run_config, project_defaults
 
 TARGETS = {"fedavg": 300, "ffa": 600}
 
@@ -25,10 +26,10 @@ def upload_bytes(cfg, num_labels: int = 2) -> dict[str, Any]:
     """Upload per client per round of each aggregation and of the full model, in bytes."""
     from transformers import AutoModelForSequenceClassification
 
+    from fedtune.model.adapter import adapter_state
+    from fedtune.model.build import build_model, resolve_model_path
+    from fedtune.model.lora_layout import travelling_keys
     from strategies.base import record_bytes
-    from tasks.adapter import adapter_state
-    from tasks.lora_layout import travelling_keys
-    from tasks.model import build_model, resolve_model_path
 
     rows: dict[str, Any] = {}
     for aggregation in TARGETS:
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from config import from_run_config
+    from fedtune.config import from_run_config
 
     overrides = parse_run_config(args.run_config)
     cfg = from_run_config(project_defaults(PROJECT_ROOT) | overrides)

@@ -18,12 +18,12 @@ import sys
 import time
 from typing import Any
 
-from simulations.launch import PROJECT_ROOT, project_defaults
+from fedtune.project import PROJECT_ROOT, project_defaults
 
 
 def planned_samples(num_examples: int, batch_size: int, local_epochs: float, rounds: int) -> float:
     """Rows a client expects to train on over the run: steps x (expected) batch."""
-    from privacy.calibration import sample_rate, steps_per_round
+    from fedtune.privacy.calibration import sample_rate, steps_per_round
 
     steps = steps_per_round(num_examples, batch_size, local_epochs)
     return rounds * steps * num_examples * sample_rate(num_examples, batch_size)
@@ -35,13 +35,13 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     from client.trainer import train_local
-    from config import from_run_config
-    from privacy.accounting import PrivacyState, epsilon
-    from privacy.budget import ClientBudget
-    from tasks.batching import TokenizedDataset
-    from tasks.data import load_splits
-    from tasks.evaluation import evaluate
-    from tasks.model import load_tokenizer, seeded_model
+    from fedtune.config import from_run_config
+    from fedtune.data.batching import TokenizedDataset
+    from fedtune.data.loading import load_splits
+    from fedtune.model.build import load_tokenizer, seeded_model
+    from fedtune.privacy.accounting import PrivacyState, epsilon
+    from fedtune.privacy.budget import ClientBudget
+    from fedtune.tasks.evaluation import evaluate
 
     cfg = from_run_config(project_defaults(PROJECT_ROOT) | overrides)
     splits = load_splits(cfg)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(argv[0]) as f:
         job = json.load(f)
     result = central_run(job["overrides"], int(job["threads"]))
-    from outputs.atomic import write_json
+    from fedtune.atomic import write_json
 
     write_json(argv[1], result)
     return 0

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from outputs.atomic import write_json
-from simulations.launch import PROJECT_ROOT
+from fedtune.atomic import write_json
+from fedtune.project import PROJECT_ROOT
 
 RESULTS_DIR = PROJECT_ROOT / "docs" / "results"
 QUICK_DIR = RESULTS_DIR / "quick"

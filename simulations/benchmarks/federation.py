@@ -25,10 +25,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedtune.launch.flwr_cli import parse_run_config
 from simulations.benchmarks.arms import run_central, run_federated
 from simulations.benchmarks.cli import common_arguments, device_arguments
 from simulations.benchmarks.common import finish, header, result_dir, runs_dir, save, table
-from simulations.launch import parse_run_config
 
 TARGET = 0.85
 

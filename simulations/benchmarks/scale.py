@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedtune.launch.flwr_cli import parse_run_config
 from simulations.benchmarks.arms import run_federated
 from simulations.benchmarks.cli import common_arguments, device_arguments
 from simulations.benchmarks.common import finish, header, result_dir, runs_dir, save, table
-from simulations.launch import parse_run_config
 
 FLAT_TOLERANCE = 0.10
 PER_ROUND = 10

@@ -13,10 +13,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from fedtune.launch.flwr_cli import parse_run_config
 from simulations.benchmarks.arms import run_federated
 from simulations.benchmarks.cli import common_arguments
 from simulations.benchmarks.common import finish, header, result_dir, runs_dir, save, table
-from simulations.launch import parse_run_config
 
 STRATEGIES = ("fedavg", "ffa", "hetero-rank")
 

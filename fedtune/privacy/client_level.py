@@ -1,0 +1,42 @@
+"""Client-level (user-level) DP for DP-FedAvg: the epsilon of the noisy aggregate over rounds.
+
+Each round releases the average of clipped client updates plus Gaussian noise of std
+``z * C / m`` (Flower's fixed-clipping wrappers), i.e. a Gaussian mechanism with noise multiplier
+``z`` on the sum of ``m`` updates with sensitivity ``C``. Sampling ``m`` of ``N`` clients is
+accounted as Poisson subsampling at rate ``m / N`` (Flower samples a fixed-size subset, for which
+this is the usual approximation; with every client sampled, ``q = 1`` and there is no
+amplification at all). Rounds compose in an RDP accountant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dp_accounting import rdp
+
+from fedtune.privacy.accounting import epsilon
+from fedtune.privacy.crosscheck import dp_event
+
+
+def client_level_report(*, noise_multiplier: float, clipping_norm: float, sampled: int,
+                        population: int, rounds: int, delta: float, side: str) -> dict[str, Any]:
+    q = min(1.0, sampled / population)
+    history = [(noise_multiplier, q, rounds)] if rounds else []
+    check = None
+    if rounds:
+        acc = rdp.RdpAccountant()
+        acc.compose(dp_event(history))
+        check = float(acc.get_epsilon(delta))
+    return {
+        "side": side,
+        "noise_multiplier": noise_multiplier,
+        "clipping_norm": clipping_norm,
+        "sampled_per_round": sampled,
+        "population": population,
+        "sample_rate": q,
+        "rounds": rounds,
+        "delta": delta,
+        "accountant": "rdp",
+        "epsilon": epsilon(history, delta, "rdp"),
+        "crosscheck_rdp_epsilon": check,
+    }

@@ -1,0 +1,43 @@
+"""Evaluation of a classifier: loss, accuracy, and macro-F1 when there are more than 2 labels."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from fedtune.data.batching import PadCollator, TokenizedDataset
+
+
+@torch.no_grad()
+def evaluate(model, dataset: TokenizedDataset, pad_token_id: int, batch_size: int,
+             num_labels: int) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollator(pad_token_id))
+    total_loss, correct, seen = 0.0, 0, 0
+    confusion = torch.zeros((num_labels, num_labels), dtype=torch.long)
+    device = next(model.parameters()).device
+    for batch in loader:
+        out = model(**{k: v.to(device) for k, v in batch.items()})
+        n = batch["labels"].shape[0]
+        total_loss += float(out.loss) * n
+        pred = out.logits.argmax(dim=-1).cpu()
+        correct += int((pred == batch["labels"]).sum())
+        seen += n
+        confusion += torch.bincount(batch["labels"] * num_labels + pred,
+                                    minlength=num_labels * num_labels).view(num_labels, num_labels)
+    if was_training:
+        model.train()
+    metrics = {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+    if num_labels > 2:
+        metrics["macro_f1"] = macro_f1(confusion)
+    return metrics
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """Mean F1 over labels; rows are true labels, columns predictions."""
+    tp = confusion.diag().double()
+    precision = tp / confusion.sum(0).clamp(min=1)
+    recall = tp / confusion.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return float(f1.mean())

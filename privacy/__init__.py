@@ -1,1 +1,0 @@
-"""Privacy: noise calibration, cumulative accounting per client, and the privacy-budget report."""

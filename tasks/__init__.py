@@ -1,1 +1,0 @@
-"""Model, tokenisation, data loading and the train/eval steps of each task type."""
