@@ -20,21 +20,39 @@ from client.local_data import client_rows
 from client.mods import client_clipping_mod
 from client.noise_seed import round_seed
 from client.rank import client_rank
-from client.trainer import train_local
+from client.trainer import LocalResult, train_local
+from fedtune.arrays import to_record, to_tensors
 from fedtune.config import RunConfig, from_run_config
-from fedtune.model.adapter import (
-    AdapterMismatchError,
-    adapter_state,
-    from_arrays,
-    load_adapter_state,
-    to_arrays,
-)
+from fedtune.model.adapter import AdapterMismatchError, adapter_state, load_adapter_state
 from fedtune.model.lora_layout import lora_a_digest, travelling_keys
-from fedtune.privacy.accounting import PrivacyState, epsilon
 from fedtune.privacy.budget import ClientBudget
-from fedtune.privacy.calibration import sample_rate
 from fedtune.privacy.ledger import Ledger, fingerprint
-from fedtune.protocol import UNIT_WEIGHT
+from fedtune.protocol import (
+    ARRAYS,
+    CONFIG,
+    DATASET_SIZE,
+    DELTA,
+    EPSILON,
+    LABELS,
+    LORA_A_SHA256,
+    LORA_R,
+    METRICS,
+    NOISE_MULTIPLIER,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    PRIVACY,
+    REFUSAL,
+    RESUME_PRIVACY,
+    ROUNDS_REFUSED,
+    ROUNDS_TRAINED,
+    RUN_KEY,
+    SAMPLE_RATE,
+    SERVER_ROUND,
+    STEPS,
+    TOTAL_STEPS,
+    TRAIN_LOSS,
+    UNIT_WEIGHT,
+)
 from fedtune.tasks.registry import task_for
 
 app = ClientApp(mods=[fault_mod, client_clipping_mod])
@@ -45,11 +63,69 @@ warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
-def _data(msg: Message, context: Context, cfg: RunConfig, split: str):
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = from_run_config(context.run_config)
+    rank = client_rank(cfg, context.node_config)
+    pid, rows, pad_id, labels = _data(msg, context, cfg)
+    config = msg.content[CONFIG]
+    server_round = int(config[SERVER_ROUND])
+    run_key = str(config.get(RUN_KEY, context.run_id))
+    charge_id = f"{run_key}/round-{server_round}"
+    privacy = _privacy(cfg, context, config, pid, rows)
+    decision = privacy.admit(run_key, charge_id)
+    if not decision.allowed:  # no update leaves the client; the reply says why
+        context.state[PRIVACY] = privacy.state.to_record()
+        metrics = _metrics(cfg, privacy, pid, rank, None, decision.epsilon_before)
+        return _reply(msg, metrics, privacy, refusal=decision.reason)
+    model = _model(msg, cfg, len(labels), "train", rank)
+    seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
+    result = train_local(model, rows, pad_id, cfg, privacy.state, seed=seed)
+    privacy.finish(result.steps)
+    context.state[PRIVACY] = privacy.state.to_record()
+    weights = adapter_state(model)
+    sent = {k: weights[k] for k in travelling_keys(weights, cfg.aggregation)}
+    metrics = _metrics(cfg, privacy, pid, rank, result, privacy.epsilon)
+    return _reply(msg, metrics, privacy, arrays=sent)
+
+
+@app.evaluate()
+def evaluate_(msg: Message, context: Context) -> Message:
+    cfg = from_run_config(context.run_config)
+    pid, rows, pad_id, labels = _data(msg, context, cfg, "eval")
+    model = _model(msg, cfg, len(labels), "eval")
+    metrics = task_for(cfg).evaluate(cfg, model, rows, pad_id, len(labels))
+    record = MetricRecord({NUM_EXAMPLES: len(rows), **metrics, PARTITION_ID: pid})
+    return Message(content=RecordDict({METRICS: record}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which LoRA rank this node trains at (``hetero-rank``), without loading
+    any model or data."""
+    cfg = from_run_config(context.run_config)
+    record = MetricRecord({LORA_R: client_rank(cfg, context.node_config),
+                           PARTITION_ID: int(context.node_config.get(PARTITION_ID, -1))})
+    return Message(content=RecordDict({METRICS: record}), reply_to=msg)
+
+
+# --- the steps ------------------------------------------------------------------------------
+
+def _data(msg: Message, context: Context, cfg: RunConfig, split: str = "train"):
     torch.set_num_threads(cfg.client_threads)
-    labels = tuple(msg.content["config"]["labels"])
+    labels = tuple(msg.content[CONFIG][LABELS])
     pid, rows, pad_id = client_rows(cfg, context.node_config, split, labels)
     return pid, rows, pad_id, labels
+
+
+def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
+             rows) -> ClientBudget:
+    """This client's budget: its saved state (or, on a resumed run, the state the server
+    checkpointed), its ledger on real hosts, and the host's own cap (node config)."""
+    saved = context.state.get(PRIVACY) or _resumed_state(config, pid)
+    cap = context.node_config.get("max-epsilon")
+    ledger = _ledger(cfg, context, rows) if cfg.dp_enabled else None
+    return ClientBudget.open(cfg, saved, len(rows), ledger, float(cap) if cap else None)
 
 
 def _model(msg: Message, cfg: RunConfig, num_labels: int, split: str, rank: int | None = None):
@@ -57,14 +133,47 @@ def _model(msg: Message, cfg: RunConfig, num_labels: int, split: str, rank: int 
     ``hetero-rank``) or the run's ``lora-r`` (evaluation scores the global adapter)."""
     model = task_for(cfg).build_model(dataclasses.replace(cfg, lora_r=rank or cfg.lora_r),
                                       num_labels)
-    received = from_arrays(msg.content["arrays"])
+    received = to_tensors(msg.content[ARRAYS])
     if split == "train" and cfg.aggregation == "ffa":
-        _check_shared_a(model, str(msg.content["config"].get("lora-a-sha256", "")))
+        _check_shared_a(model, str(msg.content[CONFIG].get(LORA_A_SHA256, "")))
         load_adapter_state(model, received,
                            expected_keys=travelling_keys(adapter_state(model), cfg.aggregation))
     else:
         load_adapter_state(model, received)
     return model
+
+
+def _reply(msg: Message, metrics: MetricRecord, privacy: ClientBudget, *,
+           arrays: dict | None = None, refusal: str | None = None) -> Message:
+    """A trained round: the adapter, metrics and privacy state. A refusal: no arrays at all."""
+    content = RecordDict({METRICS: metrics, PRIVACY: privacy.state.to_record()})
+    if arrays is not None:
+        content[ARRAYS] = to_record(arrays)
+    if refusal is not None:
+        content[REFUSAL] = ConfigRecord({"reason": refusal})
+    return Message(content=content, reply_to=msg)
+
+
+def _metrics(cfg: RunConfig, privacy: ClientBudget, pid: int, rank: int,
+             result: LocalResult | None, eps: float) -> MetricRecord:
+    """Everything a training reply says in numbers; ``result`` is None for a refusal."""
+    state, n = privacy.state, privacy.n
+    return MetricRecord({
+        NUM_EXAMPLES: n if result is not None else 0,
+        TRAIN_LOSS: result.train_loss if result is not None else 0.0,
+        EPSILON: eps,
+        DELTA: cfg.delta,
+        NOISE_MULTIPLIER: state.noise_multiplier,
+        SAMPLE_RATE: privacy.q,
+        STEPS: result.steps if result is not None else 0,
+        TOTAL_STEPS: state.total_steps,
+        ROUNDS_TRAINED: state.rounds_trained,
+        ROUNDS_REFUSED: state.rounds_refused,
+        PARTITION_ID: pid,
+        DATASET_SIZE: n,
+        LORA_R: rank,
+        UNIT_WEIGHT: 1 if result is not None else 0,
+    })
 
 
 def _check_shared_a(model, expected: str) -> None:
@@ -94,91 +203,5 @@ def _resumed_state(config: ConfigRecord, pid: int) -> dict | None:
     """A resumed run starts with empty ``context.state``: take the privacy state this client
     last reported, as the server checkpointed it (its on-disk ledger, if any, still decides
     which rounds were already charged)."""
-    text = config.get("resume-privacy")
+    text = config.get(RESUME_PRIVACY)
     return json.loads(text).get(str(pid)) if text else None
-
-
-def _metrics(pid: int, n: int, rank: int, state: PrivacyState, cfg: RunConfig,
-             train_loss: float, steps: int, eps: float, refused: bool) -> MetricRecord:
-    return MetricRecord({
-        "num-examples": 0 if refused else n,
-        "train-loss": train_loss,
-        "epsilon": eps,
-        "delta": cfg.delta,
-        "noise-multiplier": state.noise_multiplier,
-        "sample-rate": sample_rate(n, cfg.batch_size),
-        "steps": steps,
-        "total-steps": state.total_steps,
-        "rounds-trained": state.rounds_trained,
-        "rounds-refused": state.rounds_refused,
-        "partition-id": pid,
-        "dataset-size": n,
-        "lora-r": rank,
-        UNIT_WEIGHT: 0 if refused else 1,
-    })
-
-
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Tell the server which LoRA rank this node trains at (``hetero-rank``), without loading
-    any model or data."""
-    cfg = from_run_config(context.run_config)
-    record = MetricRecord({"lora-r": client_rank(cfg, context.node_config),
-                           "partition-id": int(context.node_config.get("partition-id", -1))})
-    return Message(content=RecordDict({"metrics": record}), reply_to=msg)
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    cfg = from_run_config(context.run_config)
-    rank = client_rank(cfg, context.node_config)
-    pid, rows, pad_id, labels = _data(msg, context, cfg, "train")
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    run_key = str(config.get("run-key", context.run_id))
-    charge_id = f"{run_key}/round-{server_round}"
-    state = PrivacyState.from_record(context.state.get("privacy")
-                                     or _resumed_state(config, pid))
-    n = len(rows)
-    budget = None
-    if cfg.dp_enabled:
-        cap = context.node_config.get("max-epsilon")
-        budget = ClientBudget(cfg, state, n, _ledger(cfg, context, rows),
-                              float(cap) if cap else None)
-        budget.start(run_key)
-        decision = budget.decide(charge_id)
-        if not decision.allowed:  # no update leaves the client; the reply says why
-            budget.refuse(charge_id, decision)
-            context.state["privacy"] = state.to_record()
-            metrics = _metrics(pid, n, rank, state, cfg, 0.0, 0, decision.epsilon_before, True)
-            return Message(content=RecordDict({
-                "metrics": metrics, "refusal": ConfigRecord({"reason": decision.reason}),
-                "privacy": state.to_record(),
-            }), reply_to=msg)
-        budget.charge(charge_id, decision)
-    model = _model(msg, cfg, len(labels), "train", rank)
-    seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
-    result = train_local(model, rows, pad_id, cfg, state, seed=seed)
-    if budget is not None:
-        budget.settle(decision)
-    state.rounds_trained += 1
-    if not cfg.dp_enabled:
-        state.plain_steps += result.steps
-    context.state["privacy"] = state.to_record()
-    eps = epsilon(state.history, cfg.delta, cfg.accountant) if cfg.dp_enabled else float("inf")
-    metrics = _metrics(pid, n, rank, state, cfg, result.train_loss, result.steps, eps, False)
-    weights = adapter_state(model)
-    sent = {k: weights[k] for k in travelling_keys(weights, cfg.aggregation)}
-    content = RecordDict({"arrays": to_arrays(sent), "metrics": metrics,
-                          "privacy": state.to_record()})
-    return Message(content=content, reply_to=msg)
-
-
-@app.evaluate()
-def evaluate_(msg: Message, context: Context) -> Message:
-    cfg = from_run_config(context.run_config)
-    pid, rows, pad_id, labels = _data(msg, context, cfg, "eval")
-    model = _model(msg, cfg, len(labels), "eval")
-    metrics = task_for(cfg).evaluate(cfg, model, rows, pad_id, len(labels))
-    record = MetricRecord({"num-examples": len(rows), **metrics, "partition-id": pid})
-    return Message(content=RecordDict({"metrics": record}), reply_to=msg)

@@ -13,6 +13,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 
 from fedtune.config import from_run_config
+from fedtune.protocol import CONFIG, SERVER_ROUND
 
 
 class InjectedFault(RuntimeError):
@@ -32,7 +33,7 @@ def fault_mod(msg: Message, ctxt: Context, call_next):
         return call_next(msg, ctxt)
     cfg = from_run_config(ctxt.run_config)
     pid = int(ctxt.node_config.get("partition-id", -1))
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = int(msg.content[CONFIG][SERVER_ROUND])
     mode = planned_fault(cfg.fault_injection, pid, server_round)
     if mode == "raise":
         raise InjectedFault(f"injected fault: client {pid} raised in round {server_round}")

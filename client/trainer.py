@@ -25,8 +25,9 @@ from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader
 
 from fedtune.config import RunConfig
-from fedtune.privacy.accounting import PrivacyState, merge_history
+from fedtune.privacy.accounting import merge_history
 from fedtune.privacy.calibration import planned_rounds, sample_rate, steps_per_round
+from fedtune.protocol import PrivacyState
 from fedtune.tasks.registry import task_for
 
 

@@ -9,7 +9,10 @@ for: that would leak more about a client's data than training needs.
 
 from __future__ import annotations
 
+import dataclasses
+
 from fedtune.outputs.run_folder import RunFolder
+from fedtune.protocol import DATASET_SIZE, NODE, PARTITION_ID
 from strategies.round_log import RoundLog
 
 
@@ -26,20 +29,30 @@ class LocalClients:
     def write(self) -> None:
         self.run.write_partitions(self.partitions, self.labels, self.source)
 
-    def observe(self, rlog: RoundLog) -> None:
-        """Number every reply of the round by its node, and record the sizes the clients sent."""
+    def observe(self, rlog: RoundLog) -> RoundLog:
+        """The round's log with every reply numbered by its node (the strategy's own log is left
+        as it is), recording the sizes the clients sent."""
         changed = False
-        for reply in [*rlog.replies, *rlog.rejected_replies, *rlog.refused]:
-            node = reply.get("node")
+
+        def numbered(reply: dict) -> dict:
+            nonlocal changed
+            node = reply.get(NODE)
             if node is None:
-                continue
+                return reply
             if node not in self.number:  # joined after the start
                 self.number[node] = len(self.number)
                 self.partitions.append(self._row(node))
-            pid = reply["partition-id"] = self.number[node]
-            size = reply.get("dataset-size")
+            pid = self.number[node]
+            size = reply.get(DATASET_SIZE)
             if isinstance(size, (int, float)) and self.partitions[pid]["num_examples"] != size:
                 self.partitions[pid]["num_examples"] = int(size)
                 changed = True
+            return {**reply, PARTITION_ID: pid}
+
+        out = dataclasses.replace(
+            rlog, replies=[numbered(r) for r in rlog.replies],
+            rejected_replies=[numbered(r) for r in rlog.rejected_replies],
+            refused=[numbered(r) for r in rlog.refused])
         if changed:
             self.write()
+        return out

@@ -24,6 +24,7 @@ from safetensors.numpy import load_file, save_file
 from fedtune.config import ConfigError, RunConfig
 from fedtune.outputs.checkpoint import damage
 from fedtune.outputs.run_folder import RunFolder
+from fedtune.protocol import PARTITION_ID, PRIVACY_STATE
 from strategies.round_log import RoundLog
 
 STATE_JSON = "server-state.json"
@@ -66,8 +67,8 @@ class ResumePoint:
         for r in sorted(self.rounds):
             log_ = self.rounds[r]
             for reply in log_.replies + log_.rejected_replies + log_.refused:
-                if "privacy-state" in reply and "partition-id" in reply:
-                    out[str(int(reply["partition-id"]))] = reply["privacy-state"]
+                if PRIVACY_STATE in reply and PARTITION_ID in reply:
+                    out[str(int(reply[PARTITION_ID]))] = reply[PRIVACY_STATE]
         return out
 
     def describe(self) -> dict:

@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     from fedtune.config import from_run_config
     from fedtune.model.build import load_tokenizer
     from fedtune.model.precision import uses_bf16
-    from fedtune.privacy.accounting import PrivacyState, epsilon
+    from fedtune.privacy.accounting import epsilon
     from fedtune.privacy.calibration import calibrate, sample_rate
+    from fedtune.protocol import PrivacyState
     from fedtune.tasks.registry import task_for
 
     work = Path(tempfile.mkdtemp(prefix="fedtune-gpu-"))

@@ -18,57 +18,20 @@ from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from fedtune.arrays import Arrays, record_bytes, to_record
+from fedtune.protocol import EPSILON, EPSILON_MAX, PARTITION_ID, TRAIN_LOSS, Reply
 from strategies.round_log import RoundLog
 from strategies.server_optimizers import ServerOptimizer
-from strategies.validation import check_reply, common_layout, reply_arrays, reply_metrics
-
-Arrays = dict[str, np.ndarray]
+from strategies.validation import check_reply, common_layout
 
 
 class TooFewRepliesError(RuntimeError):
     """Fewer valid replies than the minimum: averaging would silently degrade the model."""
-
-
-def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def from_record(record: ArrayRecord) -> Arrays:
-    return {k: v.numpy() for k, v in record.items()}
-
-
-def record_bytes(arrays: Mapping[str, np.ndarray]) -> int:
-    """Payload bytes of the tensors (what travels, without framing)."""
-    return int(sum(np.asarray(v).nbytes for v in arrays.values()))
-
-
-def is_refusal(msg: Message) -> bool:
-    """A privacy-budget refusal: metrics and a reason, deliberately no arrays."""
-    return not msg.has_error() and "refusal" in msg.content.config_records
-
-
-def reply_info(msg: Message) -> dict:
-    """Node id, reply metrics and, when sent, the client's accountant history (for the report)."""
-    out = {"node": int(msg.metadata.src_node_id), **reply_metrics(msg)}
-    privacy = msg.content.config_records.get("privacy")
-    if privacy is not None:
-        out["history"] = [(float(s), float(q), int(n)) for s, q, n in zip(
-            privacy["history-sigma"], privacy["history-q"], privacy["history-steps"], strict=True)]
-        out["privacy-state"] = dict(privacy)  # what a resumed run hands back to this client
-    return out
 
 
 def weighted_mean(items: list[tuple[Arrays, float]]) -> Arrays:
@@ -150,15 +113,14 @@ class LoraStrategy(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         log_ = self.rounds.setdefault(server_round, RoundLog())
-        refusals = [m for m in replies if is_refusal(m)]
-        log_.refused = [{**reply_info(m), "reason": m.content["refusal"]["reason"]}
-                        for m in refusals]
-        for r in log_.refused:
-            log(WARNING, "round %s: client %s refused: %s", server_round, r["partition-id"],
-                r["reason"])
         # Flower's own consistency check raises on one odd reply; ours drops it instead.
-        contents, errors = self._check_and_log_replies(
-            [m for m in replies if not is_refusal(m)], is_train=True, validate=False)
+        contents, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
+        decoded = [Reply.decode(m) for m in contents]  # once per reply
+        refusals = [r for r in decoded if r.refusal is not None]
+        log_.refused = [{**r.info(), "reason": r.refusal} for r in refusals]
+        for r in log_.refused:
+            log(WARNING, "round %s: client %s refused: %s", server_round, r[PARTITION_ID],
+                r["reason"])
         # An error the SuperLink raised for a node (e.g. "Node Unavailable" after a crash) comes
         # from the SuperLink's own id: name the node that the failed message was sent to.
         dst = {m.metadata.message_id: int(m.metadata.dst_node_id)
@@ -173,11 +135,11 @@ class LoraStrategy(FedAvg):
         sent = self._sent.pop(server_round, None)
         log_.failures.extend(_missing(sent, {node_of(m) for m in replies}, len(replies),
                                       log_.sampled))
-        accepted = self._validate(contents, sent, log_)
+        accepted = self._validate([r for r in decoded if r.refusal is None], sent, log_)
         if len(accepted) < self.min_replies <= len(accepted) + len(refusals):
             log(WARNING, "round %s: %s valid replies, %s budget refusals: global adapter kept",
                 server_round, len(accepted), len(refusals))
-            log_.replies = [reply_info(m) for m in accepted]
+            log_.replies = [r.info() for r in accepted]
             return None, None
         if len(accepted) < self.min_replies:
             reasons = "; ".join(f"node {f['node']}: {f['reason']}" for f in log_.failures)
@@ -185,45 +147,43 @@ class LoraStrategy(FedAvg):
                 f"round {server_round}: {len(accepted)} valid replies of {log_.sampled} sampled, "
                 f"below min-clients = {self.min_replies}. {reasons or 'No error was reported.'}"
             )
-        log_.replies = [reply_info(m) for m in accepted]
-        weights = [float(r[self.weighted_by_key]) for r in log_.replies]
-        losses = [float(r["train-loss"]) for r in log_.replies]
+        log_.replies = [r.info() for r in accepted]
+        weights = [float(r.metrics[self.weighted_by_key]) for r in accepted]
+        losses = [float(r.metrics[TRAIN_LOSS]) for r in accepted]
         log_.train_loss = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
         # Summed in node order: the result does not depend on the order replies arrived in.
-        items = sorted(((int(m.metadata.src_node_id), reply_arrays(m), w)
-                        for m, w in zip(accepted, weights, strict=True)), key=lambda x: x[0])
+        items = sorted(((r.node, r.arrays, w) for r, w in zip(accepted, weights, strict=True)),
+                       key=lambda x: x[0])
         arrays = self.aggregate(server_round, items)
         log_.released = True
-        eps = [float(r["epsilon"]) for r in log_.replies]
-        metrics = MetricRecord({"train-loss": log_.train_loss,
-                                "epsilon-max": max(eps) if eps else 0.0})
+        eps = [float(r.metrics[EPSILON]) for r in accepted]
+        metrics = MetricRecord({TRAIN_LOSS: log_.train_loss,
+                                EPSILON_MAX: max(eps) if eps else 0.0})
         if any(math.isinf(e) for e in eps):
             log(WARNING, "round %s: trained without DP (epsilon = inf)", server_round)
         return arrays, metrics
 
-    def _validate(self, contents: list[Message], sent: dict[int, Arrays] | None,
-                  log_: RoundLog) -> list[Message]:
+    def _validate(self, contents: list[Reply], sent: dict[int, Arrays] | None,
+                  log_: RoundLog) -> list[Reply]:
         layout = common_layout(contents) if sent is None else None
         accepted = []
-        for msg in contents:
-            node = int(msg.metadata.src_node_id)
-            log_.bytes_up += _reply_bytes(msg)
+        for reply in contents:
+            node = reply.node
+            log_.bytes_up += reply.nbytes
             if sent is not None and node not in sent:
                 reason = "reply from a node that was not sent this round's adapter"
             else:
-                reason = check_reply(msg, sent[node] if sent is not None else None,
+                reason = check_reply(reply, sent[node] if sent is not None else None,
                                      max_update_norm=self.max_update_norm,
                                      weighted_by_key=self.weighted_by_key, layout=layout)
             if reason is None:
-                accepted.append(msg)
+                accepted.append(reply)
                 continue
             log(WARNING, "rejected the reply of node %s: %s", node, reason)
             log_.rejected.append({"node": node, "reason": reason})
             log_.failures.append({"node": node, "kind": "invalid", "reason": reason})
-            try:  # the client spent privacy on it all the same: keep it for the report
-                log_.rejected_replies.append(reply_info(msg))
-            except (StopIteration, TypeError, ValueError):
-                pass
+            # The client spent privacy on it all the same: keep it for the report.
+            log_.rejected_replies.append(reply.info())
         if log_.rejected:
             log(INFO, "%s of %s replies passed validation", len(accepted), len(contents))
         return accepted
@@ -233,7 +193,7 @@ class LoraStrategy(FedAvg):
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self.rounds.setdefault(server_round, RoundLog()).client_eval = {
-                k: float(v) for k, v in metrics.items() if k != "partition-id"
+                k: float(v) for k, v in metrics.items() if k != PARTITION_ID
             }
         return metrics
 
@@ -248,10 +208,3 @@ def _missing(sent: dict[int, Arrays] | None, replied: set[int], num_replies: int
     return [{"node": node, "kind": "timeout",
              "reason": "no reply within round-timeout (the client crashed, hung or was too slow)"}
             for node in sent if node not in replied]
-
-
-def _reply_bytes(msg: Message) -> int:
-    try:
-        return sum(record_bytes(from_record(r)) for r in msg.content.array_records.values())
-    except Exception:  # noqa: BLE001 - an unreadable payload counts as nothing readable
-        return 0

@@ -10,14 +10,8 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from strategies.base import (
-    Arrays,
-    LoraStrategy,
-    TooFewRepliesError,
-    from_record,
-    to_record,
-    weighted_mean,
-)
+from fedtune.arrays import Arrays, from_record, to_record
+from strategies.base import LoraStrategy, TooFewRepliesError, weighted_mean
 
 __all__ = ["LoraFedAvg", "TooFewRepliesError"]
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, ConfigRecord
 
+from fedtune.arrays import Arrays
 from fedtune.model.lora_layout import is_lora_a, lora_a_digest
-from strategies.base import Arrays
+from fedtune.protocol import LORA_A_SHA256
 from strategies.fedavg import LoraFedAvg
 
 
 class FfaLora(LoraFedAvg):
     def begin_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> None:
         super().begin_round(server_round, arrays, config)
-        config["lora-a-sha256"] = lora_a_digest(self.global_)
+        config[LORA_A_SHA256] = lora_a_digest(self.global_)
 
     def sent_part(self, state: Arrays) -> Arrays:
         return {k: v for k, v in state.items() if not is_lora_a(k)}

@@ -17,8 +17,10 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedtune.arrays import Arrays, from_record, to_record
 from fedtune.model.lora_layout import LORA_A, LORA_B, head_keys, is_lora_a, lora_modules
-from strategies.base import Arrays, LoraStrategy, from_record, to_record, weighted_mean
+from fedtune.protocol import ASK, CONFIG, LORA_R
+from strategies.base import LoraStrategy, weighted_mean
 from strategies.lowrank import factorise, lora_delta, lora_scaling, truncation_error
 
 DELTA = ".delta_w"  # key suffix of a module's delta-W in the state the optimiser steps on
@@ -98,7 +100,7 @@ class HeteroRankLora(LoraStrategy):
         """One query round trip for nodes seen for the first time; a node that does not answer
         with a valid rank sits this round out (listed as a failure) and is asked again later."""
         questions = [
-            Message(content=RecordDict({"config": ConfigRecord({"ask": "lora-r"})}),
+            Message(content=RecordDict({CONFIG: ConfigRecord({ASK: LORA_R})}),
                     message_type=MessageType.QUERY, dst_node_id=node)
             for node in nodes
         ]
@@ -109,7 +111,7 @@ class HeteroRankLora(LoraStrategy):
                 reasons[node] = f"LoRA-rank query failed: {reply.error.reason}"
                 continue
             metrics = next(iter(reply.content.metric_records.values()), {})
-            rank = metrics.get("lora-r")
+            rank = metrics.get(LORA_R)
             if isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1:
                 self.node_rank[node] = rank
             else:

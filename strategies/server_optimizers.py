@@ -17,9 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedtune.arrays import Arrays
 from fedtune.config import RunConfig
-
-Arrays = dict[str, np.ndarray]
 
 DEFAULT_LR = {"fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2}
 BETA_2 = 0.99  # Flower's default for FedAdam and FedYogi

@@ -14,20 +14,10 @@ from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import Message
 
-REQUIRED_METRICS = ("train-loss", "epsilon")
+from fedtune.protocol import EPSILON, NUM_EXAMPLES, TRAIN_LOSS, Reply
 
-Arrays = dict[str, np.ndarray]
-
-
-def reply_arrays(msg: Message) -> Arrays:
-    record = next(iter(msg.content.array_records.values()))
-    return {k: v.numpy() for k, v in record.items()}
-
-
-def reply_metrics(msg: Message) -> dict:
-    return dict(next(iter(msg.content.metric_records.values())))
+REQUIRED_METRICS = (TRAIN_LOSS, EPSILON)
 
 
 def _number(value) -> float | None:
@@ -36,8 +26,7 @@ def _number(value) -> float | None:
     return float(value)
 
 
-def _check_metrics(msg: Message, weighted_by_key: str) -> str | None:
-    metrics = reply_metrics(msg)
+def _check_metrics(metrics: Mapping, weighted_by_key: str) -> str | None:
     weight = _number(metrics.get(weighted_by_key))
     if weight is None or not math.isfinite(weight) or weight <= 0:
         return f"metric '{weighted_by_key}' must be a positive number, got " \
@@ -46,8 +35,8 @@ def _check_metrics(msg: Message, weighted_by_key: str) -> str | None:
         value = _number(metrics.get(key))
         if value is None or math.isnan(value):
             return f"metric '{key}' missing or not a number ({metrics.get(key)!r})"
-    if not math.isfinite(float(metrics["train-loss"])):
-        return f"non-finite metric 'train-loss' ({metrics['train-loss']})"
+    if not math.isfinite(float(metrics[TRAIN_LOSS])):
+        return f"non-finite metric '{TRAIN_LOSS}' ({metrics[TRAIN_LOSS]})"
     return None
 
 
@@ -55,26 +44,24 @@ def _short(keys: list[str]) -> str:
     return str(keys[:3])[:-1] + (", ...]" if len(keys) > 3 else "]")
 
 
-def check_reply(msg: Message, sent: Mapping[str, np.ndarray] | None, *,
-                max_update_norm: float = 0.0, weighted_by_key: str = "num-examples",
+def check_reply(reply: Reply, sent: Mapping[str, np.ndarray] | None, *,
+                max_update_norm: float = 0.0, weighted_by_key: str = NUM_EXAMPLES,
                 layout: Mapping[str, tuple] | None = None) -> str | None:
-    """The reason to reject ``msg``, or None if it may be averaged in.
+    """The reason to reject ``reply``, or None if it may be averaged in.
 
     ``sent`` is what the server sent this node: the expected keys and shapes, and the reference
     of the update whose norm is bounded. Without it (a strategy used outside ``configure_train``)
     ``layout`` gives keys and shapes and the norm bound cannot be checked.
     """
-    content = msg.content
-    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+    if reply.records != (1, 1):
         return (f"malformed: expected one ArrayRecord and one MetricRecord, got "
-                f"{len(content.array_records)} and {len(content.metric_records)}")
-    reason = _check_metrics(msg, weighted_by_key)
+                f"{reply.records[0]} and {reply.records[1]}")
+    reason = _check_metrics(reply.metrics, weighted_by_key)
     if reason:
         return reason
-    try:
-        arrays = reply_arrays(msg)
-    except Exception as exc:  # noqa: BLE001 - any undecodable payload is a reason to drop it
-        return f"unreadable arrays ({type(exc).__name__}: {exc})"
+    if reply.error is not None or reply.arrays is None:
+        return reply.error or "no arrays"
+    arrays = reply.arrays
     expected = {k: tuple(v.shape) for k, v in sent.items()} if sent is not None else layout
     if expected is not None:
         missing = [k for k in expected if k not in arrays]
@@ -102,17 +89,11 @@ def check_reply(msg: Message, sent: Mapping[str, np.ndarray] | None, *,
     return None
 
 
-def common_layout(replies: list[Message]) -> dict[str, tuple] | None:
+def common_layout(replies: list[Reply]) -> dict[str, tuple] | None:
     """The keys and shapes most replies agree on (first seen wins a tie); None if none is
     readable. Only for replies the strategy has no record of sending."""
-    layouts = []
-    for msg in replies:
-        try:
-            if len(msg.content.array_records) == 1:
-                arrays = reply_arrays(msg)
-                layouts.append(tuple((k, tuple(v.shape)) for k, v in arrays.items()))
-        except Exception:  # noqa: BLE001, S112 - unreadable replies are rejected by check_reply
-            continue
+    layouts = [tuple((k, tuple(v.shape)) for k, v in r.arrays.items())
+               for r in replies if r.records[0] == 1 and r.arrays is not None]
     if not layouts:
         return None
     return dict(Counter(layouts).most_common(1)[0][0])

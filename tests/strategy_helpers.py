@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 
-from strategies.base import from_record, to_record
+from fedtune.arrays import from_record, to_record
 
 MODULES = ("enc.0.query", "enc.0.value", "enc.1.query", "enc.1.value")
 HEAD = ("classifier.weight", "classifier.bias")

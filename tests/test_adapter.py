@@ -1,14 +1,9 @@
 import pytest
 import torch
 
+from fedtune.arrays import to_record, to_tensors
 from fedtune.config import from_run_config
-from fedtune.model.adapter import (
-    AdapterMismatchError,
-    adapter_state,
-    from_arrays,
-    load_adapter_state,
-    to_arrays,
-)
+from fedtune.model.adapter import AdapterMismatchError, adapter_state, load_adapter_state
 from fedtune.model.build import build_model
 
 
@@ -27,7 +22,7 @@ def test_only_lora_and_head_travel_and_round_trip_exactly(cfg):
     assert all(("lora_" in k) or ("classifier" in k) for k in state)
     assert any("lora_A" in k for k in state) and any("classifier" in k for k in state)
     target = build_model(cfg, 2)
-    load_adapter_state(target, from_arrays(to_arrays(state)))
+    load_adapter_state(target, to_tensors(to_record(state)))
     for key, value in adapter_state(target).items():
         assert torch.equal(value, state[key]), key
 

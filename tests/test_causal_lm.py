@@ -17,8 +17,8 @@ from fedtune.data.toy import write_jsonl
 from fedtune.model.adapter import adapter_state
 from fedtune.model.build import load_tokenizer
 from fedtune.model.lora_targets import resolve_targets
-from fedtune.privacy.accounting import PrivacyState
 from fedtune.privacy.calibration import sample_rate
+from fedtune.protocol import PrivacyState
 from fedtune.tasks.causal_lm import causal_lm_loss
 from fedtune.tasks.registry import task_for
 
@@ -234,8 +234,7 @@ def test_gpt2_client_handler_trains_under_ffa_and_sends_only_b(tiny_gpt2, instru
     from strategy_helpers import FakeGrid, meta
 
     from client import client_app
-    from fedtune.model.adapter import to_arrays
-    from strategies.base import from_record
+    from fedtune.arrays import from_record, to_record
     from strategies.registry import build_strategy
 
     overrides = {"task": "causal-lm", "model": str(tiny_gpt2), "dataset": str(instruction_data),
@@ -245,7 +244,7 @@ def test_gpt2_client_handler_trains_under_ffa_and_sends_only_b(tiny_gpt2, instru
     cfg = from_run_config(overrides)
     server_model = task_for(cfg).seeded_model(cfg, 0)
     strategy = build_strategy(cfg, num_clients=2)
-    sent = strategy.configure_train(1, to_arrays(adapter_state(server_model)),
+    sent = strategy.configure_train(1, to_record(adapter_state(server_model)),
                                     ConfigRecord({"labels": []}), FakeGrid([1, 2]))
     replies = []
     for msg in sent:

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from strategy_helpers import FakeGrid, adapter, reply, sent_arrays, start, train_like
 
+from fedtune.arrays import from_record
 from fedtune.atomic import write_json
 from fedtune.config import ConfigError, from_run_config
 from fedtune.outputs.checkpoint import write_checkpoint
 from fedtune.outputs.run_folder import RunFolder
 from server.resume import check_settings, load_resume_point, state_writer
-from strategies.base import from_record
 from strategies.fedavg import LoraFedAvg
 from strategies.hetero_rank import HeteroRankLora
 from strategies.round_log import RoundLog

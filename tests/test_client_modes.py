@@ -9,15 +9,16 @@ from strategy_helpers import FakeGrid, meta
 from client import client_app
 from client.rank import client_rank
 from client.trainer import train_local
+from fedtune.arrays import from_record, to_record
 from fedtune.config import ConfigError, from_run_config
 from fedtune.data.batching import TokenizedDataset
 from fedtune.data.loading import load_splits
-from fedtune.model.adapter import AdapterMismatchError, adapter_state, to_arrays
-from fedtune.model.build import build_model, load_tokenizer, seeded_model
+from fedtune.model.adapter import AdapterMismatchError, adapter_state
+from fedtune.model.build import build_model, load_tokenizer
 from fedtune.model.lora_layout import is_lora_a, is_lora_b
-from fedtune.privacy.accounting import PrivacyState
 from fedtune.privacy.calibration import sample_rate
-from strategies.base import from_record
+from fedtune.protocol import PrivacyState
+from fedtune.tasks.registry import task_for
 from strategies.registry import build_strategy
 
 
@@ -35,11 +36,11 @@ def server_round(overrides, ranks=None):
     """The server's first-round messages, as its strategy builds them for nodes 1-3."""
     cfg = from_run_config(overrides)
     labels = list(load_splits(cfg).labels)
-    model = seeded_model(cfg, len(labels))
+    model = task_for(cfg).seeded_model(cfg, len(labels))
     strategy = build_strategy(cfg, num_clients=3)
     grid = FakeGrid([1, 2, 3], ranks=ranks)
     config = ConfigRecord({"labels": labels})
-    messages = strategy.configure_train(1, to_arrays(adapter_state(model)), config, grid)
+    messages = strategy.configure_train(1, to_record(adapter_state(model)), config, grid)
     return strategy, model, {int(m.metadata.dst_node_id): m for m in messages}
 
 

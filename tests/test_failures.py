@@ -7,8 +7,9 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from strategy_helpers import FakeGrid, adapter, failed, reply, sent_arrays, start, train_like
 
 from client.faults import InjectedFault, fault_mod, planned_fault
+from fedtune.arrays import to_record
 from fedtune.config import ConfigError, from_run_config
-from strategies.base import TooFewRepliesError, to_record
+from strategies.base import TooFewRepliesError
 from strategies.fedavg import LoraFedAvg
 
 

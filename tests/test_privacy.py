@@ -7,8 +7,9 @@ from fedtune.data.batching import TokenizedDataset
 from fedtune.data.loading import load_splits
 from fedtune.model.adapter import adapter_state
 from fedtune.model.build import build_model, load_tokenizer
-from fedtune.privacy.accounting import PrivacyState, epsilon
+from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.calibration import calibrate, check_delta, planned_steps, sample_rate
+from fedtune.protocol import PrivacyState
 
 
 @pytest.mark.parametrize("accountant", ["prv", "rdp"])

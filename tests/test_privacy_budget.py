@@ -7,12 +7,13 @@ import pytest
 
 from fedtune.cli import main as fedtune
 from fedtune.config import ConfigError, from_run_config
-from fedtune.privacy.accounting import PrivacyState, epsilon
+from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.budget import ClientBudget
 from fedtune.privacy.client_level import client_level_report
 from fedtune.privacy.crosscheck import crosscheck
 from fedtune.privacy.ledger import Ledger, fingerprint
 from fedtune.privacy.planner import plan
+from fedtune.protocol import PrivacyState
 
 
 @pytest.mark.parametrize(("sigma", "q", "steps"),

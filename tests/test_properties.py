@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategy_helpers import FakeGrid, adapter, reply, sent_arrays, start, train_like
 
+from fedtune.arrays import from_record
 from fedtune.config import _FIELDS, ConfigError, RunConfig, from_run_config
-from strategies.base import from_record
 from strategies.fedavg import LoraFedAvg
 from strategies.ffa import FfaLora
 from strategies.hetero_rank import HeteroRankLora

@@ -6,8 +6,8 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAdam, FedAvgM, FedYogi
 from strategy_helpers import FakeGrid, adapter, reply, sent_arrays, start, train_like
 
+from fedtune.arrays import from_record, to_record
 from fedtune.config import from_run_config
-from strategies.base import from_record, to_record
 from strategies.fedavg import LoraFedAvg
 from strategies.registry import build_strategy
 from strategies.server_optimizers import FedAdam as OurFedAdam

@@ -10,8 +10,9 @@ from fedtune.config import ConfigError, from_run_config
 from fedtune.data.batching import TokenizedDataset
 from fedtune.data.loading import load_splits
 from fedtune.model.adapter import adapter_state
-from fedtune.model.build import build_model, load_tokenizer, resolve_device
-from fedtune.privacy.accounting import PrivacyState
+from fedtune.model.build import build_model, load_tokenizer
+from fedtune.model.precision import resolve_device
+from fedtune.protocol import PrivacyState
 
 
 @pytest.fixture

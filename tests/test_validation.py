@@ -7,7 +7,8 @@ import pytest
 from flwr.app import Message, MetricRecord, RecordDict
 from strategy_helpers import FakeGrid, adapter, meta, reply, sent_arrays, start, train_like
 
-from strategies.base import TooFewRepliesError, to_record
+from fedtune.arrays import to_record
+from strategies.base import TooFewRepliesError
 from strategies.fedavg import LoraFedAvg
 from strategies.ffa import FfaLora
 from strategies.round_log import RoundLog
@@ -92,12 +93,14 @@ def test_bad_metrics_are_rejected(metrics, reason):
 
 
 def test_rejections_reach_metrics_jsonl(tiny_model, toy_data, tmp_path):
+    from fedtune.arrays import to_record
     from fedtune.config import from_run_config
     from fedtune.data.batching import TokenizedDataset
-    from fedtune.model.adapter import adapter_state, to_arrays
+    from fedtune.model.adapter import adapter_state
     from fedtune.model.build import build_model, load_tokenizer
     from fedtune.outputs.run_folder import RunFolder
-    from server.round_end import RoundEnd
+    from fedtune.tasks.registry import task_for
+    from server.round_end import CentralEvaluation, RoundEnd
 
     cfg = from_run_config({"model": str(tiny_model), "dataset": str(toy_data),
                            "output-dir": str(tmp_path / "run")})
@@ -111,13 +114,13 @@ def test_rejections_reach_metrics_jsonl(tiny_model, toy_data, tmp_path):
                           rejected_replies=[{"node": 2, "epsilon": 3.0}])}
     strategy = LoraFedAvg(min_replies=1)
     strategy.rounds.update(rounds)
-    arrays = to_arrays(adapter_state(model))
-    RoundEnd(cfg, run, model, eval_set, tok.pad_token_id, 2, strategy, [], 3, latest=arrays)(
-        1, arrays)
+    arrays = to_record(adapter_state(model))
+    evaluation = CentralEvaluation(cfg, task_for(cfg), model, eval_set, tok.pad_token_id, 2)
+    RoundEnd(cfg, run, evaluation, strategy, [], 3)(1, arrays)
     # A resumed run counts its rounds from the checkpoint (failed.json names the right one) and
     # says so in its first line.
-    resumed = RoundEnd(cfg, run, model, eval_set, tok.pad_token_id, 2, strategy, [], 3,
-                       latest=arrays, resumed={"from_round": 4, "damaged_checkpoints": []})
+    resumed = RoundEnd(cfg, run, evaluation, strategy, [], 3,
+                       resumed={"from_round": 4, "damaged_checkpoints": []})
     assert resumed.completed == 4
     line = json.loads(run.metrics_path.read_text().splitlines()[-1])
     assert line["rejected"] == [{"node": 2, "reason": "non-finite values (NaN/inf) in 'x'"}]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from flwr.app import ArrayRecord
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 
@@ -58,11 +57,3 @@ def load_adapter_state(model, state: dict[str, torch.Tensor],
     result = set_peft_model_state_dict(peft_model, state)
     if getattr(result, "unexpected_keys", None):
         raise AdapterMismatchError(f"PEFT ignored adapter keys {result.unexpected_keys[:5]}")
-
-
-def to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord(torch_state_dict=state)
-
-
-def from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    return dict(record.to_torch_state_dict())

@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 
 from fedtune.config import DEFAULT_MODEL, ConfigError, RunConfig
 from fedtune.model.lora_targets import resolve_targets
+from fedtune.model.precision import resolve_device
 
 
 def resolve_model_path(name: str) -> str:
@@ -39,21 +40,6 @@ def load_tokenizer(cfg: RunConfig):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def resolve_device(cfg: RunConfig) -> torch.device:
-    """``auto``: the GPU when this process sees one, else the CPU.
-
-    In a simulation Ray hides the GPUs from a ClientApp unless the federation config gives each
-    client a share (``client-resources-num-gpus``), so ``auto`` is safe on any machine.
-    """
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("run-config key 'device' = 'cuda': this process sees no CUDA device; "
-                          "use device='auto' or 'cpu', or give simulated clients a GPU share "
-                          "(--federation-config 'client-resources-num-gpus=0.5')")
-    return torch.device("cuda")
 
 
 def build_model(cfg: RunConfig, num_labels: int) -> PeftModel:
@@ -124,9 +110,3 @@ def freeze_shared_lora_a(model: PeftModel, seed: int) -> None:
             with torch.no_grad():
                 weight.copy_(torch.rand(weight.shape, generator=generator) * 2 * bound - bound)
             weight.requires_grad_(False)
-
-
-def seeded_model(cfg: RunConfig, num_labels: int) -> PeftModel:
-    """The initial global model: identical for a given seed, so runs are reproducible."""
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg, num_labels)

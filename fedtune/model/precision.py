@@ -1,4 +1,4 @@
-"""Where a causal LM runs and in which precision (``precision``, ``load-in-4bit``).
+"""Where a model runs (``device``) and in which precision (``precision``, ``load-in-4bit``).
 
 CPU stays the default and runs in fp32. On CUDA, ``auto`` loads the frozen base in bf16 and runs
 forward passes under bf16 autocast; PEFT keeps the LoRA factors in fp32 (its default
@@ -16,12 +16,24 @@ import torch
 from fedtune.config import ConfigError, RunConfig
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(cfg: RunConfig) -> torch.device:
+    """``auto``: the GPU when this process sees one, else the CPU.
+
+    In a simulation Ray hides the GPUs from a ClientApp unless the federation config gives each
+    client a share (``client-resources-num-gpus``), so ``auto`` is safe on any machine.
+    """
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("run-config key 'device' = 'cuda': this process sees no CUDA device; "
+                          "use device='auto' or 'cpu', or give simulated clients a GPU share "
+                          "(--federation-config 'client-resources-num-gpus=0.5')")
+    return torch.device("cuda")
 
 
 def uses_bf16(cfg: RunConfig) -> bool:
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
+    return cfg.precision == "bf16" or (cfg.precision == "auto"
+                                       and resolve_device(cfg).type == "cuda")
 
 
 def autocast(cfg: RunConfig, on: torch.device):

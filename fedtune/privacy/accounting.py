@@ -9,12 +9,10 @@ always computed over every step the client has ever taken.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord
 from opacus.accountants import create_accountant
 
-History = list[tuple[float, float, int]]
+from fedtune.protocol import History
 
 
 def merge_history(history: History) -> History:
@@ -40,51 +38,3 @@ def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float,
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
     return float(acc.get_epsilon(delta=delta))
-
-
-@dataclass
-class PrivacyState:
-    """What one client must remember between rounds (and, on real hosts, between runs)."""
-
-    noise_multiplier: float = 0.0
-    sample_rate: float = 0.0
-    history: History = field(default_factory=list)
-    rounds_trained: int = 0
-    rounds_refused: int = 0
-    exhausted: bool = False
-    plain_steps: int = 0  # steps trained without DP (dp=off): counted, never accounted
-
-    @property
-    def total_steps(self) -> int:
-        return sum(n for _, _, n in self.history) + self.plain_steps
-
-    def to_record(self) -> ConfigRecord:
-        return ConfigRecord({
-            "noise-multiplier": self.noise_multiplier,
-            "sample-rate": self.sample_rate,
-            "history-sigma": [float(s) for s, _, _ in self.history],
-            "history-q": [float(q) for _, q, _ in self.history],
-            "history-steps": [int(n) for _, _, n in self.history],
-            "rounds-trained": self.rounds_trained,
-            "rounds-refused": self.rounds_refused,
-            "exhausted": self.exhausted,
-            "plain-steps": self.plain_steps,
-        })
-
-    @classmethod
-    def from_record(cls, record: ConfigRecord | None) -> PrivacyState:
-        if record is None:
-            return cls()
-        history = list(zip(
-            record.get("history-sigma", []), record.get("history-q", []),
-            record.get("history-steps", []), strict=True,
-        ))
-        return cls(
-            noise_multiplier=float(record["noise-multiplier"]),
-            sample_rate=float(record["sample-rate"]),
-            history=[(float(s), float(q), int(n)) for s, q, n in history],
-            rounds_trained=int(record["rounds-trained"]),
-            rounds_refused=int(record.get("rounds-refused", 0)),
-            exhausted=bool(record.get("exhausted", False)),
-            plain_steps=int(record.get("plain-steps", 0)),
-        )

@@ -13,7 +13,8 @@ import math
 from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
 from fedtune.config import ConfigError, RunConfig
-from fedtune.privacy.accounting import History, epsilon
+from fedtune.privacy.accounting import epsilon
+from fedtune.protocol import History
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:

@@ -11,7 +11,7 @@ import functools
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from fedtune.privacy.accounting import History
+from fedtune.protocol import History
 
 
 def dp_event(history: History) -> dp_accounting.DpEvent:

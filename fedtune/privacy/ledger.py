@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fedtune.atomic import write_json
-from fedtune.privacy.accounting import History, merge_history
+from fedtune.privacy.accounting import merge_history
+from fedtune.protocol import History
 
 LEDGER_VERSION = 1
 

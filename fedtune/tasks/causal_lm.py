@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 from fedtune.config import RunConfig
 from fedtune.data.causal_batching import IGNORE_INDEX, CausalCollator, CausalLMDataset
 from fedtune.model.build import load_base, wrap_with_lora
-from fedtune.model.precision import autocast, device, load_kwargs
+from fedtune.model.precision import autocast, load_kwargs, resolve_device
 
 # exp() overflows a float64 past ~709; a perplexity this large only says "untrained" anyway.
 MAX_LOG_PERPLEXITY = 700.0
@@ -37,7 +37,7 @@ def build_causal_lm(cfg: RunConfig, num_labels: int = 0) -> PeftModel:
         # forwards, which Opacus' per-sample hooks would record twice).
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     else:
-        base.to(device())
+        base.to(resolve_device(cfg))
     return wrap_with_lora(base, cfg, TaskType.CAUSAL_LM)
 
 

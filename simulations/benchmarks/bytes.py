@@ -26,10 +26,10 @@ def upload_bytes(cfg, num_labels: int = 2) -> dict[str, Any]:
     """Upload per client per round of each aggregation and of the full model, in bytes."""
     from transformers import AutoModelForSequenceClassification
 
+    from fedtune.arrays import record_bytes
     from fedtune.model.adapter import adapter_state
     from fedtune.model.build import build_model, resolve_model_path
     from fedtune.model.lora_layout import travelling_keys
-    from strategies.base import record_bytes
 
     rows: dict[str, Any] = {}
     for aggregation in TARGETS:

@@ -38,10 +38,12 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
     from fedtune.config import from_run_config
     from fedtune.data.batching import TokenizedDataset
     from fedtune.data.loading import load_splits
-    from fedtune.model.build import load_tokenizer, seeded_model
-    from fedtune.privacy.accounting import PrivacyState, epsilon
+    from fedtune.model.build import load_tokenizer
+    from fedtune.privacy.accounting import epsilon
     from fedtune.privacy.budget import ClientBudget
+    from fedtune.protocol import PrivacyState
     from fedtune.tasks.evaluation import evaluate
+    from fedtune.tasks.registry import task_for
 
     cfg = from_run_config(project_defaults(PROJECT_ROOT) | overrides)
     splits = load_splits(cfg)
@@ -51,7 +53,7 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
     eval_set = TokenizedDataset.from_texts(tokenizer, splits.eval["text"], splits.eval["label"],
                                            cfg.max_length)
     pad = tokenizer.pad_token_id
-    model = seeded_model(cfg, splits.num_labels)
+    model = task_for(cfg).seeded_model(cfg, splits.num_labels)
     state = PrivacyState()
     if cfg.dp_enabled:
         ClientBudget(cfg, state, len(rows)).start("central")

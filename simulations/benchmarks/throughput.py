@@ -84,10 +84,12 @@ def run(args: argparse.Namespace) -> int:
     from fedtune.config import from_run_config
     from fedtune.data.batching import TokenizedDataset
     from fedtune.data.loading import load_splits
-    from fedtune.model.build import load_tokenizer, resolve_device, seeded_model
-    from fedtune.privacy.accounting import PrivacyState
+    from fedtune.model.build import load_tokenizer
+    from fedtune.model.precision import resolve_device
     from fedtune.privacy.budget import ClientBudget
     from fedtune.privacy.calibration import steps_per_epoch
+    from fedtune.protocol import PrivacyState
+    from fedtune.tasks.registry import task_for
 
     preset = QUICK if args.quick else FULL
     rows_wanted = args.rows or preset["rows"]
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             ) -> tuple[float, int, float]:
         cfg = dataclasses.replace(base, dp=dp, grad_sample_mode=mode,
                                   local_epochs=cfg_steps or base.local_epochs)
-        model = seeded_model(cfg, splits.num_labels)
+        model = task_for(cfg).seeded_model(cfg, splits.num_labels)
         state = PrivacyState(noise_multiplier=sigma_state.noise_multiplier,
                              sample_rate=sigma_state.sample_rate)
         if next(model.parameters()).device.type == "cuda":
