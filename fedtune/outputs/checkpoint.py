@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from fedtune.atomic import replace_dir, write_json
+from fedtune.atomic import follow_umask, replace_dir, write_json
 
 MANIFEST = "manifest.json"
 
@@ -34,6 +34,7 @@ def write_checkpoint(target: Path, fill: Callable[[Path], None], meta: dict) -> 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     fill(tmp)
+    follow_umask(tmp)  # safetensors writes 0o600 whatever the umask
     files = {p.relative_to(tmp).as_posix(): sha256_file(p)
              for p in sorted(tmp.rglob("*")) if p.is_file()}
     write_json(tmp / MANIFEST, {**meta, "files": files})

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtune.atomic import write_text
-from fedtune.outputs.plots import epsilon_png
+from fedtune.outputs.plots import epsilon_png, no_dp_text, sample_level_dp
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -18,7 +18,46 @@ def _f(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def render(report: dict[str, Any]) -> str:
+def _crosscheck_note(report: dict[str, Any]) -> list[str]:
+    """Which figure is the guarantee, and why the RDP check may read higher (even above target)."""
+    accountant = report["accountant"]
+    target = report.get("target_epsilon")
+    rdp = [c for c in report["clients"]
+           if isinstance((c.get("crosscheck") or {}).get("rdp_epsilon"), (int, float))]
+    if not rdp:
+        return []
+    if accountant == "rdp":
+        text = ("The guarantee is the **epsilon** column, from the configured `rdp` accountant "
+                "(Opacus); the RDP check recomputes it with Google's dp-accounting and should "
+                "agree. The PLD check is a tighter accounting of the same steps, so it reads "
+                "lower; it is a cross-check, not the guarantee.")
+    else:
+        text = (f"The guarantee is the **epsilon** column, from the configured `{accountant}` "
+                "accountant (Opacus); the client budgets enforce that figure. The PLD and RDP "
+                "columns recompute it independently with Google's dp-accounting: PLD should "
+                "agree closely, while RDP is a looser upper bound (converting Rényi DP to "
+                "(epsilon, delta) has slack), so it reads higher by design.")
+        over = [c for c in rdp if target and c["crosscheck"]["rdp_epsilon"] > target]
+        if over:
+            text += (f" Here the RDP check exceeds the target {target:g} for {len(over)} "
+                     f"client(s): that is RDP's slack, not an overspend.")
+    return ["", text]
+
+
+def _no_dp_lines(report: dict[str, Any]) -> list[str]:
+    """Header and per-client table for a run without sample-level DP-SGD."""
+    lines = ["# Privacy-budget report", "", f"- DP mode: `{report['dp']}`", "",
+             f"**{no_dp_text(report)}.**", "",
+             "| client | n | steps | rounds trained | refused rounds |",
+             "| --- | --- | --- | --- | --- |"]
+    for c in report["clients"]:
+        lines.append(
+            f"| {c['partition_id']} | {c['num_examples']} | {c['steps']} | "
+            f"{c['rounds_trained']} | {', '.join(map(str, c.get('refused_rounds', []))) or '–'} |")
+    return lines
+
+
+def _sample_level_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         "# Privacy-budget report",
         "",
@@ -43,6 +82,12 @@ def render(report: dict[str, Any]) -> str:
             f"{', '.join(map(str, c.get('refused_rounds', []))) or '–'} | {_f(c['epsilon'])} | "
             f"{_f(check.get('pld_epsilon'))} | {_f(check.get('rdp_epsilon'))} |"
         )
+    return lines + _crosscheck_note(report)
+
+
+def render(report: dict[str, Any]) -> str:
+    sample_level = sample_level_dp(report)
+    lines = _sample_level_lines(report) if sample_level else _no_dp_lines(report)
     refusals = [(c["partition_id"], r) for c in report["clients"]
                 for r in c.get("refusal_reasons", [])]
     if refusals:
@@ -53,19 +98,27 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             "", "## Client-level DP (DP-FedAvg)", "",
             "Each client's whole dataset is protected (user-level DP), accounted over rounds with "
-            "the client sampling rate; this is separate from the sample-level epsilon above.", "",
+            "the client sampling rate; " + ("this is separate from the sample-level epsilon "
+                                            "above." if sample_level else
+                                            "it is this run's only DP guarantee."), "",
             f"- clipping: {level['side']} side, norm {level['clipping_norm']:g}; noise "
             f"multiplier {level['noise_multiplier']:g}",
             f"- client sampling rate {_f(level['sample_rate'], 4)}, rounds {level['rounds']}",
             f"- **user-level epsilon {_f(level['epsilon'])}** at delta {level['delta']:g} "
             f"(RDP; dp-accounting RDP check {_f(level.get('crosscheck_rdp_epsilon'))})",
         ]
-    lines += ["", "![epsilon per round](epsilon.png)", ""]
+    if sample_level:
+        lines += ["", "![epsilon per round](epsilon.png)", ""]
+    else:
+        lines += [""]
     return "\n".join(lines)
 
 
 def write_human_report(privacy_dir: str | Path, report: dict[str, Any] | None = None) -> None:
-    """Write ``report.md`` and ``epsilon.png`` from ``report`` (or from ``report.json``)."""
+    """Write ``report.md`` and ``epsilon.png`` from ``report`` (or from ``report.json``).
+
+    Without sample-level DP, ``epsilon.png`` is a figure that says so in words (epsilon is
+    infinite) rather than an empty frame, and ``report.md`` does not show it."""
     privacy_dir = Path(privacy_dir)
     if report is None:
         report = json.loads((privacy_dir / "report.json").read_text())

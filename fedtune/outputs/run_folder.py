@@ -1,16 +1,22 @@
 """The run folder contract (``runs/<name>/``), which other tools read exactly.
 
-``config.json``, ``partitions.json`` + ``.png``, ``metrics.jsonl`` (one line per evaluated round),
+``config.json``, ``partitions.json`` + ``.png``, ``metrics.jsonl`` (one line per evaluated round)
++ ``metrics.png`` (redrawn from it at every append),
 ``checkpoints/round-NNN/`` and ``final/`` (PEFT adapters; a checkpoint also holds the server's
 state for ``resume`` and a ``manifest.json`` of checksums), ``privacy/report.json``,
 ``failed.json`` while a run is stopped by an error (removed when a resume completes it); for
 ``task = causal-lm`` also ``samples.jsonl`` + ``samples.md`` (generations from fixed prompts by
 the final adapter).
+
+Files follow the user's umask (``fedtune.atomic``). An adapter's ``adapter_config.json`` names its
+base model by the run-config ``model`` id (not the local folder it was loaded from, e.g. the
+packaged default inside a virtual environment), so the adapter loads on another machine.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,30 @@ from typing import Any
 from fedtune.atomic import append_line, write_json, write_text
 from fedtune.config import ConfigError, RunConfig
 from fedtune.outputs.checkpoint import write_checkpoint
-from fedtune.outputs.plots import partitions_png
+from fedtune.outputs.plots import metrics_png, partitions_png
+
+logger = logging.getLogger(__name__)
+
+
+def is_local_model(name: str) -> bool:
+    """A run-config ``model`` that names a folder on this machine rather than a hub id."""
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().is_dir()
+
+
+def name_base_model(adapter_dir: Path, model: str) -> None:
+    """Point every ``adapter_config.json`` under ``adapter_dir`` (and PEFT's model card) at
+    ``model`` instead of the path the base weights were loaded from."""
+    for path in adapter_dir.rglob("adapter_config.json"):
+        data = json.loads(path.read_text())
+        old = data.get("base_model_name_or_path")
+        if old == model:
+            continue
+        data["base_model_name_or_path"] = model
+        write_text(path, json.dumps(data, indent=2, sort_keys=True))
+        card = path.parent / "README.md"
+        if old and card.is_file():
+            text = card.read_text()
+            write_text(card, text.replace(old, model))  # base_model, base_model:adapter: tag
 
 
 class RunFolder:
@@ -75,8 +104,26 @@ class RunFolder:
                                           "partitions": rows})
         partitions_png(self.root / "partitions.png", rows, labels)
 
+    metrics_png_path = property(lambda self: self.root / "metrics.png")
+
+    def read_config(self) -> dict[str, Any]:
+        """``config.json``, or ``{}`` before it is written (or if it cannot be read)."""
+        try:
+            return json.loads(self.config_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
     def append_metrics(self, line: dict[str, Any]) -> None:
         append_line(self.metrics_path, json.dumps(line, allow_nan=False))
+        self.draw_metrics()
+
+    def draw_metrics(self) -> None:
+        """Redraw ``metrics.png`` from ``metrics.jsonl`` (a few tens of ms). A figure is for
+        people: if it cannot be drawn, the run goes on and the log says why."""
+        try:
+            metrics_png(self.metrics_png_path, self.read_metrics(), self.read_config())
+        except Exception as exc:  # noqa: BLE001 - never lose a round to a plot
+            logger.warning("metrics.png not updated: %s: %s", type(exc).__name__, exc)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete line; a torn last line (a crash mid-append) is dropped, not fatal."""
@@ -93,13 +140,18 @@ class RunFolder:
     def rewrite_metrics(self, lines: list[dict[str, Any]]) -> None:
         write_text(self.metrics_path,
                    "".join(json.dumps(x, allow_nan=False) + "\n" for x in lines))
+        self.draw_metrics()
 
     def save_adapter(self, peft_model, target: Path, server_state=None, meta=None) -> None:
         """``save_pretrained`` (plus the server's state, if given) into a temp folder with a
-        checksum manifest, then swap it in whole."""
+        checksum manifest, then swap it in whole. The adapter names its base model by the
+        run-config ``model`` id when that is a hub id; a local folder stays as PEFT wrote it."""
+        model = self.read_config().get("model")
 
         def fill(tmp: Path) -> None:
             peft_model.save_pretrained(str(tmp))
+            if isinstance(model, str) and model and not is_local_model(model):
+                name_base_model(tmp, model)
             if server_state is not None:
                 server_state(tmp)
 
