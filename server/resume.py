@@ -19,16 +19,18 @@ from pathlib import Path
 
 import numpy as np
 from flwr.supercore import log
-from safetensors.numpy import load_file, save_file
 
 from fedtune.config import ConfigError, RunConfig
-from fedtune.outputs.checkpoint import damage
+from fedtune.outputs.checkpoint import (
+    damage,
+    missing_server_state,
+    read_server_state,
+    write_server_state,
+)
 from fedtune.outputs.run_folder import RunFolder
 from fedtune.protocol import PARTITION_ID, PRIVACY_STATE
 from strategies.round_log import RoundLog
 
-STATE_JSON = "server-state.json"
-STATE_ARRAYS = "server-arrays.safetensors"
 # Settings a resumed run may change; every other one must match the run's config.json.
 MAY_CHANGE = {"resume", "num-server-rounds", "round-timeout", "min-clients", "output-dir",
               "eval-batch-size", "client-threads", "fraction-evaluate"}
@@ -39,15 +41,9 @@ def state_writer(server_round: int, arrays: dict[str, np.ndarray],
     """The ``server_state`` callback for :meth:`RunFolder.save_adapter`."""
 
     def write(folder: Path) -> None:
-        tensors = {f"global/{k}": np.ascontiguousarray(v) for k, v in arrays.items()}
-        tensors.update({f"state/{k}": np.ascontiguousarray(v) for k, v in strategy_state.items()})
-        save_file(tensors, str(folder / STATE_ARRAYS))
-        (folder / STATE_JSON).write_text(json.dumps({
-            "round": server_round,
-            "random_state": _jsonable(random.getstate()),
-            "rounds": {str(r): dataclasses.asdict(x) for r, x in rounds.items()
-                       if r <= server_round},
-        }, allow_nan=True))
+        write_server_state(folder, server_round, arrays, strategy_state,
+                           {str(r): dataclasses.asdict(x) for r, x in rounds.items()
+                            if r <= server_round}, random.getstate())
 
     return write
 
@@ -97,37 +93,15 @@ def load_resume_point(run: RunFolder) -> ResumePoint:
     """The newest intact checkpoint; damaged ones are reported and skipped."""
     skipped = []
     for server_round, folder in run.checkpoints():
-        reason = damage(folder) or _missing_state(folder)
+        reason = damage(folder) or missing_server_state(folder)
         if reason:
             log(WARNING, "resume: checkpoint round %s is damaged (%s); trying the one before",
                 server_round, reason)
             skipped.append({"round": server_round, "reason": reason})
             continue
-        data = json.loads((folder / STATE_JSON).read_text())
-        tensors = load_file(str(folder / STATE_ARRAYS))
+        state = read_server_state(folder)
         return ResumePoint(
-            round=int(data["round"]),
-            arrays={k.removeprefix("global/"): v for k, v in tensors.items()
-                    if k.startswith("global/")},
-            strategy_state={k.removeprefix("state/"): v for k, v in tensors.items()
-                            if k.startswith("state/")},
-            rounds={int(r): RoundLog(**x) for r, x in data["rounds"].items()},
-            random_state=_tupled(data["random_state"]),
-            skipped=skipped,
-        )
+            round=state["round"], arrays=state["arrays"], strategy_state=state["strategy_state"],
+            rounds={r: RoundLog(**x) for r, x in state["rounds"].items()},
+            random_state=state["random_state"], skipped=skipped)
     return ResumePoint(round=0, skipped=skipped)
-
-
-def _missing_state(folder: Path) -> str | None:
-    for name in (STATE_JSON, STATE_ARRAYS):
-        if not (folder / name).is_file():
-            return f"{folder / name} is missing (a checkpoint from before resume support?)"
-    return None
-
-
-def _jsonable(x):
-    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _tupled(x):
-    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x

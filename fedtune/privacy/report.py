@@ -13,9 +13,19 @@ from typing import Any
 
 from fedtune.config import RunConfig
 from fedtune.privacy.crosscheck import crosscheck
+from fedtune.protocol import (
+    DATASET_SIZE,
+    EPSILON,
+    HISTORY,
+    NOISE_MULTIPLIER,
+    PARTITION_ID,
+    ROUNDS_TRAINED,
+    SAMPLE_RATE,
+    TOTAL_STEPS,
+)
 
-_REPLY_KEYS = ("partition-id", "dataset-size", "noise-multiplier", "sample-rate", "total-steps",
-               "rounds-trained", "epsilon")
+_REPLY_KEYS = (PARTITION_ID, DATASET_SIZE, NOISE_MULTIPLIER, SAMPLE_RATE, TOTAL_STEPS,
+               ROUNDS_TRAINED, EPSILON)
 
 
 def _finite(x: float | None) -> float | None:
@@ -50,20 +60,20 @@ def build_report(cfg: RunConfig, partitions: list[dict], rounds: dict[int, Any],
         for reply in [*log.replies, *log.rejected_replies, *log.refused]:
             if not all(k in reply for k in _REPLY_KEYS):
                 continue  # a malformed (rejected) reply: nothing trustworthy to report
-            pid = int(reply["partition-id"])
-            c = clients.setdefault(pid, _new_client(pid, int(reply["dataset-size"]),
+            pid = int(reply[PARTITION_ID])
+            c = clients.setdefault(pid, _new_client(pid, int(reply[DATASET_SIZE]),
                                                     cfg.dp_enabled))
             c.update({
-                "num_examples": int(reply["dataset-size"]),
-                "noise_multiplier": _finite(reply["noise-multiplier"]) if cfg.dp_enabled else None,
-                "sample_rate": float(reply["sample-rate"]),
-                "steps": int(reply["total-steps"]),
-                "rounds_trained": int(reply["rounds-trained"]),
-                "epsilon": _finite(reply["epsilon"]),
-                "history": reply.get("history"),
+                "num_examples": int(reply[DATASET_SIZE]),
+                "noise_multiplier": _finite(reply[NOISE_MULTIPLIER]) if cfg.dp_enabled else None,
+                "sample_rate": float(reply[SAMPLE_RATE]),
+                "steps": int(reply[TOTAL_STEPS]),
+                "rounds_trained": int(reply[ROUNDS_TRAINED]),
+                "epsilon": _finite(reply[EPSILON]),
+                "history": reply.get(HISTORY),
             })
         for reply in log.refused:
-            c = clients[int(reply["partition-id"])]
+            c = clients[int(reply[PARTITION_ID])]
             c["refused_rounds"].append(server_round)
             c["refusal_reasons"].append(reply["reason"])
         for c in clients.values():  # cumulative: a round a client sat out carries its spend
