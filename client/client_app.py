@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -22,6 +21,7 @@ from client.noise_seed import round_seed
 from client.rank import client_rank
 from client.trainer import train_local
 from fedtune.config import RunConfig, from_run_config
+from fedtune.console import quiet_libraries
 from fedtune.model.adapter import (
     AdapterMismatchError,
     adapter_state,
@@ -38,11 +38,6 @@ from fedtune.protocol import UNIT_WEIGHT
 from fedtune.tasks.registry import task_for
 
 app = ClientApp(mods=[fault_mod, client_clipping_mod])
-
-# Known and harmless here: Opacus's note that its RNG is not cryptographic (secure_mode is a
-# deployment choice), and torch's note on full backward hooks over frozen inputs (LoRA).
-warnings.filterwarnings("ignore", message="Secure RNG turned off")
-warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 def _data(msg: Message, context: Context, cfg: RunConfig, split: str):
@@ -122,6 +117,7 @@ def _metrics(pid: int, n: int, rank: int, state: PrivacyState, cfg: RunConfig,
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which LoRA rank this node trains at (``hetero-rank``), without loading
     any model or data."""
+    quiet_libraries()
     cfg = from_run_config(context.run_config)
     record = MetricRecord({"lora-r": client_rank(cfg, context.node_config),
                            "partition-id": int(context.node_config.get("partition-id", -1))})
@@ -130,6 +126,7 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    quiet_libraries()
     cfg = from_run_config(context.run_config)
     rank = client_rank(cfg, context.node_config)
     pid, rows, pad_id, labels = _data(msg, context, cfg, "train")
@@ -176,6 +173,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
+    quiet_libraries()
     cfg = from_run_config(context.run_config)
     pid, rows, pad_id, labels = _data(msg, context, cfg, "eval")
     model = _model(msg, cfg, len(labels), "eval")

@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.supercore import log
 
 from fedtune.config import RunConfig
+from fedtune.console import round_line
 from fedtune.model.adapter import from_arrays, load_adapter_state
 from fedtune.outputs.run_folder import RunFolder
 from fedtune.privacy.client_level import client_level_report
@@ -96,7 +97,5 @@ class RoundEnd:
                                           self.strategy.state_arrays(), self.rounds),
                 meta={"round": server_round})
         self.completed = server_round
-        log(INFO, "round %s: %s", server_round,
-            {k: v for k, v in line.items()
-             if k in ("accuracy", "loss", "perplexity", "epsilon_max", "wall_s")})
+        log(INFO, "%s", round_line(line, self.cfg.num_server_rounds))
         return MetricRecord({k: float(v) for k, v in metrics.items()})

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedtune.config import ConfigError, from_run_config
+from fedtune.console import quiet_libraries, run_summary
 from fedtune.data.partitioning import describe
 from fedtune.model.adapter import adapter_state, from_arrays, load_adapter_state, to_arrays
 from fedtune.model.build import load_tokenizer
@@ -40,6 +41,7 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float = 300.0) -> int:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    quiet_libraries()
     cfg = from_run_config(context.run_config)
     random.seed(cfg.seed)  # Flower samples clients with the global `random`
     task = task_for(cfg)
@@ -56,6 +58,7 @@ def main(grid: Grid, context: Context) -> None:
                           f"{num_clients} clients in the federation")
 
     run = RunFolder.create(cfg)
+    log(INFO, "run folder: %s", run.root)
     model = task.seeded_model(cfg, splits.num_labels)
     point = None
     if cfg.resume:
@@ -104,6 +107,7 @@ def main(grid: Grid, context: Context) -> None:
     samples = task.samples(cfg, model, tokenizer, splits)
     if samples:
         run.write_samples(samples)
+    log(INFO, "%s", run_summary(run.root))
 
 
 def _continue_from(point, run: RunFolder, strategy, train_config: ConfigRecord) -> int:
