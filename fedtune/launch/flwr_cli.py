@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the backport Flower depends on
+    import tomli as tomllib
+
+from fedtune.config import ConfigError
 
 
 def toml_value(value: Any) -> str:
@@ -52,8 +60,30 @@ def runs_completed(env: dict, project: Path, connection: str = "fedtune") -> boo
     return bool(runs) and all(r.get("status") == "finished:completed" for r in runs)
 
 
-def parse_run_config(text: str) -> dict[str, Any]:
-    """``key=value key2='text'`` as ``flwr run --run-config`` takes it, parsed as TOML values."""
-    from flwr.common.config import parse_config_args
+# flwr.common.config.parse_config_args's own pattern: one `key=value` pair, quoted or not.
+_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
 
-    return dict(parse_config_args([text])) if text else {}
+
+def parse_run_config(text: str) -> dict[str, Any]:
+    """``key=value key2='text'`` (or a ``.toml`` file) as ``flwr run --run-config`` takes it,
+    parsed as TOML values, exactly as ``flwr.common.config.parse_config_args`` does (a test
+    keeps the two in step) but without importing Flower: the launcher's checks take
+    milliseconds."""
+    if not text:
+        return {}
+    try:
+        if text.endswith(".toml"):
+            with Path(text).expanduser().open("rb") as f:
+                return _flatten(tomllib.load(f))
+        return _flatten(tomllib.loads("\n".join(f"{k} = {v}" for k, v in _PAIR.findall(text))))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"--run-config {text!r}: {exc}; write it as \"key=123 key2=false "
+                          "key3='text'\" (bool, int, float or quoted string values)") from None
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(_flatten(v, key) if isinstance(v, Mapping) else {key: v})
+    return out
