@@ -185,7 +185,7 @@ fedtune.config.ConfigError: run-config key 'delta' = 0.1 must be below 1/n = 0.0
 
 An unhandled exception occurred when running the simulation.
 {C}(ClientAppActor pid=8108){X} {Y}WARNING {X}:   Manually terminating ClientAppActor
-"""
+"""  # noqa: E501 (real lines are long)
 
 
 def _lines(text):

@@ -44,8 +44,10 @@ def write_connection(flwr_home: Path, name: str, port: int, *, host: str = "127.
     return path
 
 
-def runs_completed(env: dict, project: Path, connection: str = "fedtune") -> bool:
-    """``flwr run --stream`` exits 0 even when the ServerApp raised: ask the SuperLink instead."""
+def runs_completed(env: dict, project: Path, connection: str = "fedtune",
+                   quiet: bool = False) -> bool:
+    """``flwr run --stream`` exits 0 even when the ServerApp raised: ask the SuperLink instead.
+    A run that did not complete is reported on stderr unless ``quiet`` (its error was shown)."""
     out = subprocess.run(["flwr", "ls", connection, "--format", "json"], env=env, cwd=str(project),
                          capture_output=True, text=True, check=False)
     try:
@@ -54,7 +56,7 @@ def runs_completed(env: dict, project: Path, connection: str = "fedtune") -> boo
         print(out.stdout, out.stderr, file=sys.stderr)
         return False
     for r in runs:
-        if r.get("status") != "finished:completed":
+        if r.get("status") != "finished:completed" and not quiet:
             print(f"run {r.get('run-id')}: {r.get('status')}: {r.get('status-details')}",
                   file=sys.stderr)
     return bool(runs) and all(r.get("status") == "finished:completed" for r in runs)

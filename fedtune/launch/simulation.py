@@ -85,7 +85,8 @@ def run_simulation(
             code = _stream(cmd, env, project, log, console, timeout_s)
         if code != 0:
             return code
-        return 0 if runs_completed(env, project) else 1
+        shown = console is not None and not console.verbose and console.errors_shown > 0
+        return 0 if runs_completed(env, project, quiet=shown) else 1
     finally:
         stop_run_processes(port)
         stop_process_group(superlink)
