@@ -80,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
             workdir=tempfile.mkdtemp(prefix="fedtune-sim-"), log_path=log_path, console=view,
             extra_env={VERBOSE_ENV: "1" if verbose else "0", PROGRESS_ENV: "1"})
     except KeyboardInterrupt:
+        view.finish()
         print("\ninterrupted; every process the run started has been stopped", file=sys.stderr)
         code = 130
     except Exception as exc:  # noqa: BLE001 (a timeout, a SuperLink that did not start)
+        view.finish()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = 1
+    view.finish()
     print(run_summary(checked.run_root))
     if code != 0:
         if view.errors_shown == 0 and not verbose:

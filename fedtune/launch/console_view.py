@@ -5,6 +5,7 @@ plain line otherwise). ``verbose`` passes every line through unchanged.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import TextIO
 from fedtune.console import ConsoleFilter, Progress
 
 BAR_WIDTH = 20
+_ROUND_OF = re.compile(r"^round\s+(\d+)/(\d+)")
 
 
 class ConsoleView:
@@ -28,6 +30,9 @@ class ConsoleView:
         self._progress: Progress | None = None
         self._started = self._phase_started = self._last_plain = time.monotonic()
         self._bar_drawn = False
+        self._stopping = False
+        self._finished = False
+        self._last_round = False
 
     # -- input -------------------------------------------------------------------------------
     def raw(self, line: str) -> None:
@@ -45,10 +50,18 @@ class ConsoleView:
             self._draw()
 
     def close(self) -> None:
+        """The stream ended: show what the filter still held; the launcher's next line (the
+        summary, after the processes are stopped) replaces the bar."""
         if not self.verbose:
             for event in self.filter.close():
                 self._event(event)
-            self._clear()
+            self._stopping = True
+            self._draw()
+
+    def finish(self) -> None:
+        """Take the bar away for good: what follows is plain output."""
+        self._clear()
+        self._finished = True
 
     def say(self, text: str) -> None:
         """A line of the launcher's own, printed above the bar."""
@@ -74,6 +87,8 @@ class ConsoleView:
             self.rounds_shown += 1
             self._progress = None
             self._phase_started = time.monotonic()
+            m = _ROUND_OF.match(event.text)
+            self._last_round = bool(m and m.group(1) == m.group(2))
         elif event.kind == "error":
             self.errors_shown += 1
         self.say(event.text)
@@ -81,8 +96,11 @@ class ConsoleView:
     def _bar_text(self) -> str:
         now = time.monotonic()
         p = self._progress
+        if self._stopping:
+            return "stopping the SuperLink and Ray ..."
         if p is None:
-            what = "starting" if self.rounds_shown == 0 else "working"
+            what = ("starting the SuperLink, Ray and the clients" if self.rounds_shown == 0 else
+                    "saving the final adapter" if self._last_round else "between rounds")
             return f"{what} ... {now - self._phase_started:.0f} s"
         filled = round(BAR_WIDTH * p.done / p.total) if p.total else BAR_WIDTH
         return (f"round {p.server_round}/{p.num_rounds} {p.phase} "
@@ -90,7 +108,7 @@ class ConsoleView:
                 f"{now - self._phase_started:.0f} s")
 
     def _draw(self) -> None:
-        if not self.tty:
+        if not self.tty or self._finished:
             return
         width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
         self.out.write("\r" + self._bar_text()[:width] + "\x1b[K")
