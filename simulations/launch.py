@@ -27,17 +27,25 @@ from fedtune.project import PROJECT_ROOT
 LOG_NAME = "run.log"
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):
+        if action.default == "":
+            return f"{action.help} (default: none)"
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m simulations.launch", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         epilog="Run-config keys, their defaults and allowed values: [tool.flwr.app.config] in "
                "pyproject.toml and fedtune/config.py. Relative paths in the run config are "
                f"taken from the project root ({PROJECT_ROOT}).")
     parser.add_argument("--num-clients", type=int, default=10,
                         help="simulated clients (SuperNodes) in the federation")
     parser.add_argument("--run-config", default="",
-                        help="run-config overrides, as for flwr run: \"key=value key2='text'\"")
+                        help="run-config overrides, as for flwr run: \"key=value key2='text'\"; "
+                             "the rest come from pyproject.toml")
     parser.add_argument("--cpus-per-client", type=int, default=1,
                         help="CPU cores Ray reserves for each simulated client")
     parser.add_argument("--gpus-per-client", type=float, default=0.0,
