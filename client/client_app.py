@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -23,6 +22,7 @@ from client.rank import client_rank
 from client.trainer import LocalResult, train_local
 from fedtune.arrays import to_record, to_tensors
 from fedtune.config import RunConfig, from_run_config
+from fedtune.console import quiet_libraries
 from fedtune.model.adapter import AdapterMismatchError, adapter_state, load_adapter_state
 from fedtune.model.lora_layout import lora_a_digest, travelling_keys
 from fedtune.privacy.budget import ClientBudget
@@ -57,14 +57,10 @@ from fedtune.tasks.registry import task_for
 
 app = ClientApp(mods=[fault_mod, client_clipping_mod])
 
-# Known and harmless here: Opacus's note that its RNG is not cryptographic (secure_mode is a
-# deployment choice), and torch's note on full backward hooks over frozen inputs (LoRA).
-warnings.filterwarnings("ignore", message="Secure RNG turned off")
-warnings.filterwarnings("ignore", message="Full backward hook is firing")
-
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    quiet_libraries()
     cfg = from_run_config(context.run_config)
     rank = client_rank(cfg, context.node_config)
     pid, rows, pad_id, labels = _data(msg, context, cfg)
@@ -91,6 +87,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
+    quiet_libraries()
     cfg = from_run_config(context.run_config)
     pid, rows, pad_id, labels = _data(msg, context, cfg, "eval")
     model = _model(msg, cfg, len(labels), "eval")
@@ -103,6 +100,7 @@ def evaluate_(msg: Message, context: Context) -> Message:
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which LoRA rank this node trains at (``hetero-rank``), without loading
     any model or data."""
+    quiet_libraries()
     cfg = from_run_config(context.run_config)
     record = MetricRecord({LORA_R: client_rank(cfg, context.node_config),
                            PARTITION_ID: int(context.node_config.get(PARTITION_ID, -1))})

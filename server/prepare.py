@@ -56,6 +56,7 @@ def prepare_run(grid: Grid, cfg: RunConfig) -> PreparedRun:
     num_clients = wait_for_nodes(grid, cfg.min_clients)
     partitions = _partitions(cfg, splits, num_clients)
     folder = RunFolder.create(cfg)
+    log(INFO, "run folder: %s", folder.root)
     model = task.seeded_model(cfg, splits.num_labels)
     point = _resume_point(cfg, folder, num_clients)
     if point is None:

@@ -16,6 +16,7 @@ from flwr.supercore import log
 
 from fedtune.arrays import from_record, to_tensors
 from fedtune.config import RunConfig
+from fedtune.console import round_line
 from fedtune.model.adapter import load_adapter_state
 from fedtune.outputs.run_folder import RunFolder
 from fedtune.privacy.client_level import client_level_report
@@ -62,9 +63,7 @@ class RoundEnd:
             self.report(server_round)
             self.checkpoint(server_round, arrays)
         self.completed = server_round
-        log(INFO, "round %s: %s", server_round,
-            {k: v for k, v in line.items()
-             if k in ("accuracy", "loss", "perplexity", "epsilon_max", "wall_s")})
+        log(INFO, "%s", round_line(line, self.cfg.num_server_rounds))
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 
     # --- the steps, in order ----------------------------------------------------------------

@@ -16,6 +16,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from server.progress import send_and_receive
+
 
 def run_rounds(strategy: Strategy, grid: Grid, arrays: ArrayRecord, *, first_round: int,
                last_round: int, timeout: float, train_config: ConfigRecord,
@@ -26,15 +28,15 @@ def run_rounds(strategy: Strategy, grid: Grid, arrays: ArrayRecord, *, first_rou
         evaluate_fn(0, arrays)
     for server_round in range(first_round, last_round + 1):
         log(INFO, "[ROUND %s/%s]", server_round, last_round)
-        replies = grid.send_and_receive(
-            messages=strategy.configure_train(server_round, arrays, train_config, grid),
-            timeout=timeout)
+        replies = send_and_receive(
+            grid, strategy.configure_train(server_round, arrays, train_config, grid),
+            timeout=timeout, server_round=server_round, num_rounds=last_round, phase="train")
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        replies = grid.send_and_receive(
-            messages=strategy.configure_evaluate(server_round, arrays, evaluate_config, grid),
-            timeout=timeout)
+        replies = send_and_receive(
+            grid, strategy.configure_evaluate(server_round, arrays, evaluate_config, grid),
+            timeout=timeout, server_round=server_round, num_rounds=last_round, phase="evaluate")
         strategy.aggregate_evaluate(server_round, replies)
         evaluate_fn(server_round, arrays)
     return arrays

@@ -7,11 +7,15 @@ report, checkpoint).
 
 from __future__ import annotations
 
+from logging import INFO
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
 
 from fedtune.arrays import to_tensors
 from fedtune.config import from_run_config
+from fedtune.console import quiet_libraries, run_summary
 from fedtune.model.adapter import load_adapter_state
 from fedtune.outputs.run_folder import RunFolder
 from server.prepare import PreparedRun, prepare_run
@@ -22,6 +26,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    quiet_libraries()
     cfg = from_run_config(context.run_config)
     run = prepare_run(grid, cfg)
     try:
@@ -33,6 +38,7 @@ def main(grid: Grid, context: Context) -> None:
         record_failure(run.folder, run.round_end.completed, exc)
         raise
     finish_run(run, final)
+    log(INFO, "%s", run_summary(run.folder.root))
 
 
 def finish_run(run: PreparedRun, final) -> None:

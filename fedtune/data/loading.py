@@ -15,16 +15,16 @@ import datasets
 
 from fedtune.config import ConfigError, RunConfig
 from fedtune.data.file_checks import check_data_file
+from fedtune.data.sources import (
+    DATASET_SETTING,
+    FILE_FORMATS,
+    local_dataset,
+    split_file,
+    train_file,
+)
 
-FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "review", "document")
 HOLDOUT_FRACTION = 0.1
-DATASET_SETTING = "run-config key 'dataset'"
-
-# Hub datasets with a well-known local copy: used first, so the default run works offline.
-LOCAL_MIRRORS = {
-    "stanfordnlp/sst2": ("data/sst2", "../shared/data/sst2"),
-}
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,6 @@ class Splits:
         return len(self.labels)
 
 
-def _split_files(folder: Path, split: str) -> Path | None:
-    for ext in FILE_FORMATS:
-        candidate = folder / f"{split}{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _load_file(path: Path, setting: str = DATASET_SETTING) -> datasets.Dataset:
     builder = FILE_FORMATS.get(path.suffix.lower())
     if builder is None:
@@ -64,23 +56,13 @@ def _load_file(path: Path, setting: str = DATASET_SETTING) -> datasets.Dataset:
     return ds
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in FILE_FORMATS
-
-
 def _load_local(path: Path, cfg: RunConfig, setting: str
                 ) -> tuple[datasets.Dataset, datasets.Dataset, str] | None:
     """(train, eval, source) from a folder of split files or a single file; None if no such path."""
     if path.is_dir():
-        train_file = _split_files(path, cfg.train_split)
-        if train_file is None:
-            raise ConfigError(
-                f"{setting}: folder {path} has no '{cfg.train_split}' file "
-                f"({', '.join(cfg.train_split + e for e in FILE_FORMATS)}); "
-                "add one or set 'train-split'"
-            )
-        eval_file = _split_files(path, cfg.eval_split)
-        train = _load_file(train_file, setting)
+        train_path = train_file(path, cfg, setting)
+        eval_file = split_file(path, cfg.eval_split)
+        train = _load_file(train_path, setting)
         if eval_file is None:
             return *_holdout(train, cfg.seed), str(path.resolve())
         return train, _load_file(eval_file, setting), str(path.resolve())
@@ -92,16 +74,9 @@ def _load_local(path: Path, cfg: RunConfig, setting: str
 def load_raw(cfg: RunConfig) -> tuple[datasets.Dataset, datasets.Dataset, str]:
     """Return (train, eval, source) before column handling."""
     name = cfg.dataset
-    candidates = [name, *LOCAL_MIRRORS.get(name, ())]
-    for candidate in candidates:
-        found = _load_local(Path(os.path.expanduser(candidate)), cfg, DATASET_SETTING)
-        if found is not None:
-            return found
-    if _looks_like_path(name):
-        raise ConfigError(
-            f"run-config key 'dataset': no such file or folder '{name}' "
-            f"(relative to {os.getcwd()}); give an existing path or a Hugging Face Hub id"
-        )
+    local = local_dataset(cfg)
+    if local is not None:
+        return _load_local(local, cfg, DATASET_SETTING)
     try:
         hub = datasets.load_dataset(name)
     except Exception as exc:  # network, auth or a bad id: say which setting to change

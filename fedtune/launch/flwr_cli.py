@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the backport Flower depends on
+    import tomli as tomllib
+
+from fedtune.config import ConfigError
 
 
 def toml_value(value: Any) -> str:
@@ -36,8 +44,10 @@ def write_connection(flwr_home: Path, name: str, port: int, *, host: str = "127.
     return path
 
 
-def runs_completed(env: dict, project: Path, connection: str = "fedtune") -> bool:
-    """``flwr run --stream`` exits 0 even when the ServerApp raised: ask the SuperLink instead."""
+def runs_completed(env: dict, project: Path, connection: str = "fedtune",
+                   quiet: bool = False) -> bool:
+    """``flwr run --stream`` exits 0 even when the ServerApp raised: ask the SuperLink instead.
+    A run that did not complete is reported on stderr unless ``quiet`` (its error was shown)."""
     out = subprocess.run(["flwr", "ls", connection, "--format", "json"], env=env, cwd=str(project),
                          capture_output=True, text=True, check=False)
     try:
@@ -46,14 +56,36 @@ def runs_completed(env: dict, project: Path, connection: str = "fedtune") -> boo
         print(out.stdout, out.stderr, file=sys.stderr)
         return False
     for r in runs:
-        if r.get("status") != "finished:completed":
+        if r.get("status") != "finished:completed" and not quiet:
             print(f"run {r.get('run-id')}: {r.get('status')}: {r.get('status-details')}",
                   file=sys.stderr)
     return bool(runs) and all(r.get("status") == "finished:completed" for r in runs)
 
 
-def parse_run_config(text: str) -> dict[str, Any]:
-    """``key=value key2='text'`` as ``flwr run --run-config`` takes it, parsed as TOML values."""
-    from flwr.common.config import parse_config_args
+# flwr.common.config.parse_config_args's own pattern: one `key=value` pair, quoted or not.
+_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
 
-    return dict(parse_config_args([text])) if text else {}
+
+def parse_run_config(text: str) -> dict[str, Any]:
+    """``key=value key2='text'`` (or a ``.toml`` file) as ``flwr run --run-config`` takes it,
+    parsed as TOML values, exactly as ``flwr.common.config.parse_config_args`` does (a test
+    keeps the two in step) but without importing Flower: the launcher's checks take
+    milliseconds."""
+    if not text:
+        return {}
+    try:
+        if text.endswith(".toml"):
+            with Path(text).expanduser().open("rb") as f:
+                return _flatten(tomllib.load(f))
+        return _flatten(tomllib.loads("\n".join(f"{k} = {v}" for k, v in _PAIR.findall(text))))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"--run-config {text!r}: {exc}; write it as \"key=123 key2=false "
+                          "key3='text'\" (bool, int, float or quoted string values)") from None
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(_flatten(v, key) if isinstance(v, Mapping) else {key: v})
+    return out

