@@ -121,7 +121,9 @@ class RunConfig:
         0, "rows of the evaluation split used for central evaluation, 0 = all", min=0)
 
     # --- LoRA and aggregation ---
-    lora_r: int = setting(8, "LoRA rank", min=1)
+    lora_r: int = setting(
+        8, "LoRA rank r (under `hetero-rank`: the global adapter's rank; keep it >= the largest "
+        "client rank)", min=1)
     lora_alpha: float = setting(16.0, "LoRA scaling numerator (the scale is alpha / r)",
                                 min=0, min_open=True)
     lora_dropout: float = setting(0.0, "LoRA dropout", min=0, max=1, max_open=True)
