@@ -23,9 +23,11 @@ class _Counted:
 
     def __init__(self, scale: float, power: float, floor: float = 0.0):
         self.scale, self.power, self.floor, self.calls = scale, power, floor, 0
+        self.sigmas: list[float] = []
 
     def __call__(self, sigma: float) -> float:
         self.calls += 1
+        self.sigmas.append(float(sigma))
         return self.floor + self.scale / float(sigma) ** self.power
 
 
@@ -97,6 +99,27 @@ def test_a_good_guess_needs_few_accountant_calls(monkeypatch):
     expected = _opacus_on(direct, 3.0, monkeypatch)
     assert search_like_opacus(fast, 3.0, 0.01, (1.5, -2.0)) == expected
     assert direct.calls >= 12 and fast.calls <= 7, (direct.calls, fast.calls)
+
+
+def test_a_bad_guess_costs_calls_but_never_strays_far_from_the_answer(monkeypatch):
+    """PRV gets slow (and memory-hungry) at small sigma; Opacus itself never goes below about
+    half the answer, and the seeding stays within a factor 4 of what it has seen."""
+    expected = _opacus_on(_Counted(8.0, 2.5), 3.0, monkeypatch)
+    for guess in [(100.0, -0.2), (0.9 * expected, -30.0), (5 * expected, -0.05)]:
+        f = _Counted(8.0, 2.5)
+        assert search_like_opacus(f, 3.0, 0.01, guess) == expected
+        assert min(f.sigmas[1:]) >= min(expected / 4, guess[0]), (guess, f.sigmas)
+
+
+def test_an_accountant_error_while_seeding_is_left_to_the_replay(monkeypatch):
+    expected = _opacus_on(_Counted(8.0, 2.5), 3.0, monkeypatch)
+
+    def fails_at_the_guess(sigma):
+        if sigma == 0.123:
+            raise OverflowError("too small")
+        return 8.0 / float(sigma) ** 2.5
+
+    assert search_like_opacus(fails_at_the_guess, 3.0, 0.01, (0.123, -1.0)) == expected
 
 
 @pytest.mark.parametrize(("n", "batch", "steps", "target", "delta", "accountant"), [

@@ -74,17 +74,25 @@ class Epsilons:
         """Evaluate a few sigmas close to the answer. The search ends in the band where epsilon
         is in [target - tolerance, target), so aim one point just above the target and one just
         below target - tolerance; with both in hand the replay decides almost every step alone.
-        ``guess``: a first sigma and the slope of log epsilon over log sigma there."""
+        ``guess``: a first sigma and the slope of log epsilon over log sigma there.
+
+        Only a speed-up: each new point stays inside what the points so far bracket (at most a
+        factor 4 beyond them), so no sigma far from the answer is tried, and an accountant
+        error here just ends the seeding (the replay then meets it where Opacus would)."""
         aim_above, aim_below = target + tolerance / 2, target - 1.5 * tolerance
         sigma, slope = guess
         for _ in range(calls):
             if not (0 < sigma < MAX_SIGMA and math.isfinite(sigma)):
                 return
-            self.value(sigma)
-            above = [e for e in self.known.values() if e > target + MONOTONE_MARGIN]
-            below = [e for e in self.known.values() if e < target - tolerance - MONOTONE_MARGIN]
-            near_above = bool(above) and min(above) <= target + tolerance
-            near_below = bool(below) and max(below) >= target - 2 * tolerance
+            try:
+                self.value(sigma)
+            except Exception:  # a guess must never fail the search
+                return
+            above = {s: e for s, e in self.known.items() if e > target + MONOTONE_MARGIN}
+            below = {s: e for s, e in self.known.items()
+                     if e < target - tolerance - MONOTONE_MARGIN}
+            near_above = bool(above) and min(above.values()) <= target + tolerance
+            near_below = bool(below) and max(below.values()) >= target - 2 * tolerance
             if near_above and near_below:
                 return
             if near_above:
@@ -94,10 +102,26 @@ class Epsilons:
             elif not below:
                 aim = aim_below
             else:  # far on both sides: move the side farther from its aim
-                aim = aim_above if min(above) / aim_above > aim_below / max(below) else aim_below
+                far_above = min(above.values()) / aim_above > aim_below / max(below.values())
+                aim = aim_above if far_above else aim_below
             if aim <= 0:
                 return
-            sigma = self._predict(aim, slope)
+            sigma = self._clamp(self._predict(aim, slope), max(above, default=None),
+                                min(below, default=None))
+
+    @staticmethod
+    def _clamp(sigma: float, low: float | None, high: float | None) -> float:
+        """Keep a prediction strictly between the sigmas known to be too small (``low``) and too
+        large (``high``), and within a factor 4 of them."""
+        if not math.isfinite(sigma):
+            return sigma
+        if low is not None and high is not None:
+            return sigma if low < sigma < high else math.sqrt(low * high)
+        if low is not None:
+            return min(sigma, 4 * low) if sigma > low else 2 * low
+        if high is not None:
+            return max(sigma, high / 4) if sigma < high else high / 2
+        return sigma
 
     def _predict(self, aim: float, slope: float) -> float:
         """Sigma where epsilon = ``aim`` on the secant (log-log) through the two known points
