@@ -60,9 +60,8 @@ def _report(args: argparse.Namespace) -> int:
 def _shown(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        text = f"{value:g}"
-        return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m[1].replace('+', '')}{m[2]}", text)
+    if isinstance(value, float):  # as TOML writes it: 1.0, 0.01, 1e-5
+        return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m[1].replace('+', '')}{m[2]}", repr(value))
     if isinstance(value, int):
         return str(value)
     return f'"{value}"' if value == "" else str(value)

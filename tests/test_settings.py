@@ -57,7 +57,7 @@ def test_the_settings_page_is_generated_from_runconfig():
 
 def test_the_table_shows_ranges_choices_and_defaults():
     table = settings_markdown()
-    assert "| `fraction-train` | `1` | (0, 1] |" in table
+    assert "| `fraction-train` | `1.0` | (0, 1] |" in table
     assert "| `delta` | `1e-5` | (0, 1) |" in table
     assert "| `dp` | `sample` | `off` \\| `sample` \\| `client` \\| `both` |" in table
     assert "| `lora-targets` | `query,value` |" in table
