@@ -1,5 +1,6 @@
-"""``fedtune``: privacy planning and reports from the command line.
+"""``fedtune``: the settings, privacy planning and reports from the command line.
 
+    fedtune settings [--markdown] [--update docs/settings.md]
     fedtune privacy plan --num-examples 6700 --batch-size 64 --local-epochs 1 --rounds 3 \\
         --target-epsilon 8 --delta 1e-5 [--accountant prv|rdp] [--json]
     fedtune privacy report runs/<name>
@@ -9,11 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
-from fedtune.config import ConfigError
+from fedtune.config import ConfigError, describe
+
+SETTINGS_START = "<!-- settings:start"
+SETTINGS_END = "<!-- settings:end -->"
+SETTINGS_COMMAND = "python -m fedtune.cli settings --markdown --update docs/settings.md"
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -48,23 +55,150 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the settings table, generated from RunConfig's fields -----------------------------------
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):  # as TOML writes it: 1.0, 0.01, 1e-5
+        return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m[1].replace('+', '')}{m[2]}", repr(value))
+    if isinstance(value, int):
+        return str(value)
+    return f'"{value}"' if value == "" else str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def settings_markdown() -> str:
+    """The settings table (Markdown), one section per group of settings, as in docs/settings.md."""
+    lines: list[str] = []
+    header = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    for row in describe():
+        if row["section"]:
+            lines += ([""] if lines else []) + [f"### {row['section']}", "", *header]
+        allowed = row["allowed"]
+        if " | " in allowed:
+            allowed = " | ".join(f"`{a}`" for a in allowed.split(" | "))
+        lines.append(f"| `{row['key']}` | `{_shown(row['default'])}` | {_cell(allowed)} | "
+                     f"{_cell(row['help'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def settings_text(width: int = 100) -> str:
+    """The same for a terminal: key = default [allowed], then the meaning, links unwrapped."""
+    out: list[str] = []
+    for row in describe():
+        if row["section"]:
+            out += ["", row["section"].upper()]
+        allowed = f"   [{row['allowed']}]" if row["allowed"] else ""
+        out.append(f"  {row['key']} = {_shown(row['default'])}{allowed}")
+        meaning = re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", row["help"]).replace("`", "")
+        out += textwrap.wrap(meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(out[1:]) + "\n"
+
+
+def replace_generated(text: str, table: str) -> str:
+    """``text`` with the part between the settings markers replaced by ``table``."""
+    start, end = text.find(SETTINGS_START), text.find(SETTINGS_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"no '{SETTINGS_START} ...' / '{SETTINGS_END}' markers to replace")
+    opening = text.index("\n", start) + 1
+    return text[:opening] + "\n" + table + "\n" + text[end:]
+
+
+def _settings(args: argparse.Namespace) -> int:
+    if args.update:
+        path = Path(args.update)
+        path.write_text(replace_generated(path.read_text(), settings_markdown()))
+        print(f"updated {path}")
+        return 0
+    print(settings_markdown() if args.markdown else settings_text(), end="")
+    return 0
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help; '(required)' instead of 'default: None'."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required:
+            return text + " (required)" if action.option_strings else text
+        if action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def _para(text: str) -> str:
+    return "\n".join(textwrap.fill(part, 88) for part in text.split("\n"))
+
+
+EXAMPLES = """examples:
+  fedtune settings                      every run-config key, its default, range and meaning
+  fedtune privacy plan --num-examples 3200 --batch-size 64 --rounds 2 \\
+      --target-epsilon 8 --delta 1e-5   noise and epsilon per round for one client
+  fedtune privacy report runs/<name>    rebuild privacy/report.md and epsilon.png
+
+Runs start with `python -m simulations.launch` (simulation) or `python -m fedtune.deploy`
+(real hosts); both take --run-config "key=value ...". Docs: README.md and docs/."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedtune")
-    top = parser.add_subparsers(dest="area", required=True)
-    privacy = top.add_parser("privacy", help="plan DP-SGD budgets and rebuild privacy reports")
-    sub = privacy.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plan", help="noise multiplier and epsilon per round for one client")
-    p.add_argument("--num-examples", type=int, required=True)
-    p.add_argument("--batch-size", type=int, required=True)
-    p.add_argument("--local-epochs", type=float, default=1.0)
-    p.add_argument("--rounds", type=int, required=True)
-    p.add_argument("--target-epsilon", type=float, required=True)
-    p.add_argument("--delta", type=float, required=True)
-    p.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser = argparse.ArgumentParser(
+        prog="fedtune", formatter_class=_Help, epilog=EXAMPLES,
+        description=_para(
+            "fedtune: federated, differentially private LoRA fine-tuning (Flower, PEFT, "
+            "Opacus).\nList the run settings, plan a client's privacy budget, rebuild a run's "
+            "privacy report."))
+    top = parser.add_subparsers(dest="area", required=True, metavar="{settings,privacy}")
+
+    s = top.add_parser(
+        "settings", formatter_class=_Help, help="every run-config key: default, range, meaning",
+        description=_para(
+            "Every key of [tool.flwr.app.config] (override with --run-config 'key=value'), from "
+            "RunConfig's fields: default, allowed values, meaning."))
+    s.add_argument("--markdown", action="store_true",
+                   help="print the Markdown table of docs/settings.md instead of plain text")
+    s.add_argument("--update", metavar="FILE", default=None,
+                   help="rewrite the table between the settings markers in FILE (e.g. "
+                        "docs/settings.md) instead of printing it")
+    s.set_defaults(func=_settings)
+
+    privacy = top.add_parser(
+        "privacy", formatter_class=_Help, help="plan DP-SGD budgets and rebuild privacy reports",
+        description=_para(
+            "Plan one client's DP-SGD noise before a run, or rebuild a run's human-readable "
+            "privacy report."))
+    sub = privacy.add_subparsers(dest="command", required=True, metavar="{plan,report}")
+    p = sub.add_parser(
+        "plan", formatter_class=_Help,
+        help="noise multiplier and epsilon per round for one client",
+        description=_para(
+            "The noise multiplier a client with this much data needs so that its epsilon after "
+            "the last round is at most the target (calibrated once for every planned step, as a "
+            "run does), and its cumulative epsilon after each round."))
+    p.add_argument("--num-examples", type=int, required=True,
+                   help="the client's training examples n")
+    p.add_argument("--batch-size", type=int, required=True,
+                   help="expected Poisson batch size (run-config batch-size)")
+    p.add_argument("--local-epochs", type=float, default=1.0,
+                   help="local passes over the data per round (run-config local-epochs)")
+    p.add_argument("--rounds", type=int, required=True,
+                   help="rounds the client trains in (run-config num-server-rounds)")
+    p.add_argument("--target-epsilon", type=float, required=True,
+                   help="the client's total epsilon budget over all rounds")
+    p.add_argument("--delta", type=float, required=True,
+                   help="DP delta; must be below 1/num-examples")
+    p.add_argument("--accountant", choices=["prv", "rdp"], default="prv",
+                   help="Opacus privacy accountant")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=_plan)
-    r = sub.add_parser("report", help="rebuild privacy/report.md and plots from report.json")
-    r.add_argument("run_dir")
+    r = sub.add_parser(
+        "report", formatter_class=_Help,
+        help="rebuild privacy/report.md and plots from report.json",
+        description=_para("Rewrite <run_dir>/privacy/report.md and epsilon.png from report.json."))
+    r.add_argument("run_dir", help="the run folder (output-dir), e.g. runs/20261129-120000")
     r.set_defaults(func=_report)
     return parser
 

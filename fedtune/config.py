@@ -3,14 +3,20 @@
 Flower hands both sides the same flat ``context.run_config`` (``[tool.flwr.app.config]`` plus any
 ``--run-config`` overrides). Everything downstream takes a :class:`RunConfig` instead, so that a bad
 value fails here, naming the key and what is allowed, before any model or dataset is loaded.
+
+Each field carries its own documentation and checks in its metadata (as PEFT's ``LoraConfig``
+does): ``help`` (what it means), ``choices`` or a range (``min``/``max``, open or closed), or a
+``check`` with its message. :func:`validate` enforces them and ``fedtune settings`` prints them;
+``docs/settings.md`` is that output, and a test fails when the two drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,68 +42,266 @@ class ConfigError(ValueError):
     """A run setting is invalid; the message names the key, the value and what is allowed."""
 
 
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+            min: float | None = None, max: float | None = None, min_open: bool = False,
+            max_open: bool = False, note: str = "", check: Callable[[Any], bool] | None = None,
+            message: str = "", allowed: str = "") -> Any:
+    """A :class:`RunConfig` field with its documentation and checks.
+
+    ``help``: the meaning (Markdown). ``choices``: the allowed values. ``min``/``max`` (exclusive
+    with ``min_open``/``max_open``): the range; floats must also be finite; ``note`` is added to
+    the range's error message. ``check``: any other test of the value alone, failing with
+    ``message``; ``allowed`` says the same in a few words for the settings table.
+    """
+    meta: dict[str, Any] = {"help": help}
+    for name, value in (("choices", choices), ("min", min), ("max", max), ("check", check)):
+        if value is not None:
+            meta[name] = value
+    meta.update(min_open=min_open, max_open=max_open, note=note, message=message,
+                allowed=allowed)
+    return field(default=default, metadata=meta)
+
+
+_SEQ = "[Causal-LM instruction tuning](causal-lm.md)"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Resolved, validated run settings. Field names are the run-config keys with ``-`` -> ``_``."""
 
-    model: str = DEFAULT_MODEL
-    task: str = "seq-cls"
-    prompt_template: str = "alpaca"
-    precision: str = "auto"
-    load_in_4bit: bool = False
-    dataset: str = DEFAULT_DATASET
-    text_column: str = ""
-    label_column: str = "label"
-    train_split: str = "train"
-    eval_split: str = "validation"
-    max_length: int = 128
-    max_train_samples: int = 0
-    max_eval_samples: int = 0
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("query", "value")
-    aggregation: str = "fedavg"
-    hetero_ranks: tuple[str, ...] = ("2", "4", "8")
-    server_optimizer: str = "none"
-    server_lr: float = 0.0
-    server_momentum: float = 0.9
-    proximal_mu: float = 0.0
-    max_update_norm: float = 0.0
-    num_server_rounds: int = 2
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 0.0
-    min_clients: int = 2
-    local_epochs: float = 0.5
-    batch_size: int = 256
-    micro_batch_size: int = 16
-    lr: float = 1e-2
-    head_lr_scale: float = 1.0
-    lr_schedule: str = "linear"
-    weight_decay: float = 0.0
-    dp: str = "sample"
-    target_epsilon: float = 8.0
-    delta: float = 1e-5
-    max_grad_norm: float = 1.0
-    grad_sample_mode: str = "hooks"
-    accountant: str = "prv"
-    planned_rounds: int = 0
-    ledger_dir: str = ""
-    client_noise_multiplier: float = 1.0
-    client_clipping_norm: float = 1.0
-    client_dp_side: str = "server"
-    client_data: str = "partition"
-    partitioner: str = "iid"
-    dirichlet_alpha: float = 0.5
-    classes_per_client: int = 1
-    seed: int = 42
-    output_dir: str = ""
-    resume: bool = False
-    round_timeout: float = 3600.0
-    fault_injection: str = ""
-    eval_batch_size: int = 128
-    client_threads: int = 1
-    device: str = "auto"
+    # --- model and data ---
+    model: str = setting(
+        DEFAULT_MODEL,
+        "local folder or hub id of the base model (the default loads from its PyPI package, "
+        "offline)",
+        check=lambda v: bool(v.strip()), message="give a local folder or a hub id",
+        allowed="non-empty")
+    task: str = setting(
+        "seq-cls",
+        "task type: `seq-cls` (sequence classification) or `causal-lm` (instruction tuning of a "
+        f"decoder, see {_SEQ})",
+        choices=TASKS)
+    prompt_template: str = setting(
+        "alpaca",
+        "`causal-lm`: how instruction (+ input) become the prompt: `alpaca` (the Stanford Alpaca "
+        "template) or `plain` (instruction, input, each on its own line)",
+        choices=PROMPT_TEMPLATES)
+    precision: str = setting(
+        "auto",
+        "`causal-lm`: `auto` = bf16 base weights + bf16 autocast on CUDA, fp32 on CPU; `fp32`; "
+        "`bf16` (also on CPU). LoRA weights stay fp32; per-sample gradients are clipped in fp32 "
+        "(`seq-cls` needs `auto`)",
+        choices=PRECISIONS)
+    load_in_4bit: bool = setting(
+        False,
+        "`causal-lm`: 4-bit NF4 base weights (QLoRA); needs CUDA and `pip install bitsandbytes`")
+    dataset: str = setting(
+        DEFAULT_DATASET,
+        "a folder with `train.jsonl` + `validation.jsonl` (or `.json`/`.csv`/`.parquet`), a single "
+        "such file (10% held out for evaluation, by seed), or a hub id (one with only a training "
+        "split gets the same 10% holdout)",
+        check=lambda v: bool(v.strip()), message="give a local folder/file or a hub id",
+        allowed="non-empty")
+    text_column: str = setting(
+        "",
+        "text column; empty = first of `text`, `sentence`, `content`, `review`, `document`")
+    label_column: str = setting(
+        "label",
+        "label column; labels may be ints or strings, the label set comes from the training split",
+        check=bool, message="must name a column", allowed="non-empty")
+    train_split: str = setting("train", "training split name (file stem in a folder)")
+    eval_split: str = setting("validation", "evaluation split name (file stem in a folder)")
+    max_length: int = setting(
+        128,
+        "truncation length in tokens; batches are padded to their longest row, not to this",
+        min=8, max=8192)
+    max_train_samples: int = setting(
+        0, "rows of the (seed-shuffled) training split used in total, 0 = all", min=0)
+    max_eval_samples: int = setting(
+        0, "rows of the evaluation split used for central evaluation, 0 = all", min=0)
+
+    # --- LoRA and aggregation ---
+    lora_r: int = setting(
+        8, "LoRA rank r (under `hetero-rank`: the global adapter's rank; keep it >= the largest "
+        "client rank)", min=1)
+    lora_alpha: float = setting(16.0, "LoRA scaling numerator (the scale is alpha / r)",
+                                min=0, min_open=True)
+    lora_dropout: float = setting(0.0, "LoRA dropout", min=0, max=1, max_open=True)
+    lora_targets: tuple[str, ...] = setting(
+        ("query", "value"),
+        "comma-separated module names that get LoRA; `auto` = the architecture's query/value "
+        "projections (PEFT's table, by `model_type`: Llama/Qwen/Mistral `q_proj,v_proj`, GPT-2 "
+        "`c_attn`, BERT `query,value`); with `task=causal-lm` the untouched default "
+        "`query,value` also means `auto`",
+        check=lambda v: len(v) > 0,
+        message="name at least one module, e.g. 'query,value', or 'auto' for the model's own "
+                "query/value projections",
+        allowed="at least one name")
+    aggregation: str = setting(
+        "fedavg",
+        "server aggregation: `fedavg` (weighted mean of every adapter tensor), `ffa` (FFA-LoRA: A "
+        "frozen at a seed-shared init, only B + head trained and sent), `hetero-rank` (clients at "
+        "their own ranks; exact mean of delta-W, re-factorised per client by truncated SVD); see "
+        "[Aggregation](aggregation.md)",
+        choices=AGGREGATIONS)
+    hetero_ranks: tuple[str, ...] = setting(
+        ("2", "4", "8"),
+        "`hetero-rank` only: ranks cycled over partition ids (a node's own `lora-r` node config "
+        "wins; empty = every client uses `lora-r`)",
+        check=lambda v: all(r.isdigit() and int(r) >= 1 for r in v),
+        message="give comma-separated integers >= 1, e.g. '2,4,8' (empty: every client uses "
+                "lora-r)",
+        allowed="integers >= 1")
+    server_optimizer: str = setting(
+        "none",
+        "server step on the aggregated update: `none`, `fedavgm`, `fedadam`, `fedyogi` (Flower's "
+        "update rules)",
+        choices=SERVER_OPTIMIZERS)
+    server_lr: float = setting(
+        0.0,
+        "server learning rate; 0 = the optimiser's default (1.0 for `fedavgm`, 0.01 for "
+        "`fedadam`/`fedyogi`)",
+        min=0)
+    server_momentum: float = setting(
+        0.9,
+        "`fedavgm` momentum; beta1 of `fedadam`/`fedyogi` (beta2 = 0.99, tau = 1e-3 as in Flower)",
+        min=0, max=1, max_open=True)
+    proximal_mu: float = setting(0.0, "FedProx proximal weight mu on the client (0 = off)", min=0)
+    max_update_norm: float = setting(
+        0.0,
+        "reject a reply whose update (reply minus what its node was sent) has an L2 norm above "
+        "this; 0 = off",
+        min=0)
+
+    # --- federation and training ---
+    num_server_rounds: int = setting(2, "federated rounds", min=1)
+    fraction_train: float = setting(1.0, "fraction of clients sampled per round",
+                                    min=0, min_open=True, max=1)
+    fraction_evaluate: float = setting(
+        0.0,
+        "fraction of clients asked for federated evaluation (central evaluation always runs)",
+        min=0, max=1)
+    min_clients: int = setting(
+        2, "minimum clients per round; fewer valid replies stops the run with an error", min=1)
+    local_epochs: float = setting(
+        0.5, "local passes over a client's data per round (fractions allowed)",
+        min=0, min_open=True)
+    batch_size: int = setting(256, "batch size; under DP the *expected* Poisson batch size",
+                              min=1)
+    micro_batch_size: int = setting(
+        16,
+        "rows per forward/backward: each batch is sorted by length and cut into chunks this "
+        "size, each padded to its own longest row (same gradient, far less padding); 0 = whole "
+        "batch",
+        min=0, note=" (0 = the whole batch at once)")
+    lr: float = setting(1e-2, "AdamW learning rate (LoRA tensors)", min=0, min_open=True)
+    head_lr_scale: float = setting(1.0, "the task head's learning rate is `lr` times this",
+                                   min=0, min_open=True)
+    lr_schedule: str = setting(
+        "linear",
+        "`linear`: each client's rate decays to 0 over its planned steps of the whole run; "
+        "`constant`",
+        choices=LR_SCHEDULES)
+    weight_decay: float = setting(0.0, "AdamW weight decay", min=0)
+
+    # --- privacy ---
+    dp: str = setting(
+        "sample",
+        "`sample`: DP-SGD per client (record-level DP); `off`: the same training without DP; "
+        "`client`: client-level DP-FedAvg only; `both`: the two together",
+        choices=DP_MODES)
+    target_epsilon: float = setting(
+        8.0,
+        "each client's total epsilon budget on its data (over the whole run, and across runs "
+        "when a ledger is kept)",
+        min=0, min_open=True)
+    delta: float = setting(
+        1e-5, "DP delta; must be below 1/(examples of the smallest client)",
+        min=0, min_open=True, max=1, max_open=True,
+        note=", and below 1/(examples per client)")
+    max_grad_norm: float = setting(1.0, "per-sample gradient clipping norm C",
+                                   min=0, min_open=True)
+    grad_sample_mode: str = setting(
+        "hooks",
+        "how Opacus computes per-sample gradients: `hooks`, `functorch`, or `ghost` (ghost "
+        "clipping: norms only, two backward passes; pays off for large layers or on a GPU; "
+        "`seq-cls` only)",
+        choices=GRAD_SAMPLE_MODES)
+    accountant: str = setting("prv", "privacy accountant, `prv` or `rdp` (Opacus)",
+                              choices=ACCOUNTANTS)
+    planned_rounds: int = setting(
+        0,
+        "rounds the noise is calibrated for (0 = `num-server-rounds`); a client asked for more "
+        "refuses once its budget is spent",
+        min=0, note=" (0 = num-server-rounds)")
+    ledger_dir: str = setting(
+        "",
+        "folder for the clients' on-disk privacy ledgers in a simulation (on real hosts: "
+        "node-config `ledger-dir`); empty = no ledger")
+    client_noise_multiplier: float = setting(
+        1.0, "DP-FedAvg noise multiplier z (`dp` = `client` or `both`)", min=0, min_open=True)
+    client_clipping_norm: float = setting(
+        1.0, "DP-FedAvg clipping norm of each client's update", min=0, min_open=True)
+    client_dp_side: str = setting(
+        "server",
+        "who clips the updates: `server` or `client` (Flower's `...ServerSideFixedClipping` / "
+        "`...ClientSideFixedClipping`)",
+        choices=CLIENT_DP_SIDES)
+
+    # --- client data and partitions ---
+    client_data: str = setting(
+        "partition",
+        "where clients get their rows: `partition` (a share of `dataset`, by node config "
+        "`partition-id`/`num-partitions`: simulation) or `local` (each node's own node-config "
+        "`data-path`: real hosts; `dataset` is then only the server's evaluation set and label "
+        "list); see [Run on real hosts](real-hosts.md)",
+        choices=CLIENT_DATA)
+    partitioner: str = setting(
+        "iid",
+        "`iid`, `dirichlet` (by label, `dirichlet-alpha`), `pathological` "
+        "(`classes-per-client`); `causal-lm` data has no labels: `iid` only",
+        choices=PARTITIONERS)
+    dirichlet_alpha: float = setting(0.5, "Dirichlet concentration; smaller is more skewed",
+                                     min=0, min_open=True)
+    classes_per_client: int = setting(1, "labels per client for `pathological`", min=1)
+
+    # --- the run ---
+    seed: int = setting(
+        42, "seeds shuffling, partitions, initial adapter, client sampling and DP noise", min=0)
+    output_dir: str = setting(
+        "",
+        "run folder; empty = `runs/<timestamp>`; an existing run is never overwritten (use "
+        "`resume`)")
+    resume: bool = setting(
+        False,
+        "continue the run in `output-dir` from its last intact checkpoint (see "
+        "[Failures and resuming](outputs-and-resume.md#failures-and-resuming))")
+    round_timeout: float = setting(
+        3600.0,
+        "seconds the server waits for a round's replies; a client that has not replied by then "
+        "is recorded in `failures`",
+        min=0, min_open=True)
+    fault_injection: str = setting(
+        "",
+        "testing only: `'<partition>:<round>:<raise|garbage|hang>'` items make those clients "
+        "fail on purpose (see "
+        "[Failures and resuming](outputs-and-resume.md#failures-and-resuming))",
+        check=lambda v: all(re.fullmatch(r"\d+:\d+:(raise|garbage|hang)", x.strip())
+                            for x in v.split(",") if x.strip()),
+        message="give '<partition>:<round>:<raise|garbage|hang>' items separated by commas, "
+                "e.g. '1:2:raise' (empty = no faults; for testing only)",
+        allowed="`P:R:kind` items")
+    eval_batch_size: int = setting(128, "batch size of central evaluation", min=1)
+    client_threads: int = setting(
+        1, "torch threads per client (one simulated client per CPU is fastest)", min=1)
+    device: str = setting(
+        "auto",
+        "`auto` (a GPU when the process sees one, else the CPU), `cpu` or `cuda`; simulated "
+        "clients see a GPU only with `client-resources-num-gpus` > 0 (`--gpus-per-client` for "
+        "the launcher)",
+        choices=DEVICES)
+
+    # ``x-`` keys: free for experiments, recorded in config.json, read by nothing in fedtune.
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -116,19 +320,107 @@ class RunConfig:
         return tuple(int(r) for r in self.hetero_ranks)
 
     def to_dict(self) -> dict[str, Any]:
-        """Settings under their run-config key names, as written to ``config.json``."""
+        """Settings under their run-config key names, as written to ``config.json``, followed by
+        the run's ``x-`` keys, so that an experiment's notes are recorded with it."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                value = ",".join(value)
-            out[f.name.replace("_", "-")] = value
+        for key, f in _FIELDS.items():
+            out[key] = _plain(getattr(self, f.name))
+        out.update(self.extra)
         return out
 
 
 _FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(RunConfig) if f.name != "extra"}
+
+# Section headings of the settings table, at the first key of each section.
+SECTIONS = {
+    "model": "Model and data",
+    "lora-r": "LoRA and aggregation",
+    "num-server-rounds": "Federation and training",
+    "dp": "Privacy",
+    "client-data": "Client data and partitions",
+    "seed": "The run",
+}
+
+# What people coming from other tools type, and what it is called here. Underscores and case are
+# normalised first (``learning_rate`` is ``learning-rate``); close misspellings of a key or of an
+# alias are caught by difflib.
+ALIASES: dict[str, tuple[str, ...]] = {
+    # Hugging Face Trainer / PEFT
+    "learning-rate": ("lr",),
+    "num-train-epochs": ("local-epochs",),
+    "per-device-train-batch-size": ("batch-size",),
+    "train-batch-size": ("batch-size",),
+    "per-device-eval-batch-size": ("eval-batch-size",),
+    "model-name-or-path": ("model",),
+    "model-name": ("model",),
+    "base-model": ("model",),
+    "dataset-name": ("dataset",),
+    "data": ("dataset",),
+    "max-seq-length": ("max-length",),
+    "r": ("lora-r",),
+    "rank": ("lora-r",),
+    "lora-rank": ("lora-r",),
+    "alpha": ("lora-alpha", "dirichlet-alpha"),
+    "dropout": ("lora-dropout",),
+    "target-modules": ("lora-targets",),
+    "lora-target-modules": ("lora-targets",),
+    "bf16": ("precision",),
+    "fp16": ("precision",),
+    "torch-dtype": ("precision",),
+    "load-in-4-bit": ("load-in-4bit",),
+    "qlora": ("load-in-4bit",),
+    "scheduler": ("lr-schedule",),
+    "lr-scheduler-type": ("lr-schedule",),
+    "output": ("output-dir",),
+    "seed-value": ("seed",),
+    # Flower
+    "rounds": ("num-server-rounds",),
+    "num-rounds": ("num-server-rounds",),
+    "server-rounds": ("num-server-rounds",),
+    "epochs": ("local-epochs",),
+    "local-epoch": ("local-epochs",),
+    "fraction-fit": ("fraction-train",),
+    "fraction-eval": ("fraction-evaluate",),
+    "min-fit-clients": ("min-clients",),
+    "min-train-clients": ("min-clients",),
+    "min-available-clients": ("min-clients",),
+    "min-train-nodes": ("min-clients",),
+    "strategy": ("aggregation",),
+    "server-learning-rate": ("server-lr",),
+    "eta": ("server-lr",),
+    "momentum": ("server-momentum",),
+    "mu": ("proximal-mu",),
+    "timeout": ("round-timeout",),
+    "partition-by": ("partitioner",),
+    # Opacus / DP-SGD
+    "epsilon": ("target-epsilon",),
+    "eps": ("target-epsilon",),
+    "target-eps": ("target-epsilon",),
+    "target-delta": ("delta",),
+    "max-norm": ("max-grad-norm",),
+    "clipping-norm": ("max-grad-norm", "client-clipping-norm"),
+    "l2-norm-clip": ("max-grad-norm",),
+    "noise-multiplier": ("target-epsilon", "client-noise-multiplier"),
+    "sigma": ("target-epsilon", "client-noise-multiplier"),
+    "max-physical-batch-size": ("micro-batch-size",),
+    "physical-batch-size": ("micro-batch-size",),
+    "epochs-planned": ("planned-rounds",),
+    "privacy": ("dp",),
+    "dp-mode": ("dp",),
+}
+
+# Federation settings people try to pass as run settings.
+FEDERATION_KEYS = ("num-clients", "num-supernodes", "clients", "num-partitions",
+                   "client-resources-num-cpus", "client-resources-num-gpus")
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as the run config spells it (tuples are comma-separated strings)."""
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -166,19 +458,59 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"run-config key '{key}' = {value!r} is invalid: {allowed}")
 
 
+def _number(x: float) -> str:
+    """1e-05 -> 1e-5, 0.0 -> 0, 8192 -> 8192."""
+    text = f"{x:g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def range_text(meta: Mapping[str, Any]) -> str:
+    """The allowed range from a field's metadata, e.g. '> 0', '>= 1', '(0, 1]'; '' if none."""
+    low, high = meta.get("min"), meta.get("max")
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f"{'>' if meta['min_open'] else '>='} {_number(low)}"
+    if low is None:
+        return f"{'<' if meta['max_open'] else '<='} {_number(high)}"
+    return (f"{'(' if meta['min_open'] else '['}{_number(low)}, {_number(high)}"
+            f"{')' if meta['max_open'] else ']'}")
+
+
+def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and not (value > low if meta["min_open"] else value >= low):
+        return False
+    return high is None or (value < high if meta["max_open"] else value <= high)
+
+
+def _check_field(key: str, f: dataclasses.Field, value: Any) -> None:
+    """The checks a field's metadata declares."""
+    meta = f.metadata
+    shown = _plain(value)
+    if "choices" in meta:
+        _check(value in meta["choices"], key, shown,
+               "allowed values are " + " | ".join(meta["choices"]))
+    text = range_text(meta)
+    if text:
+        wording = f"must be in {text}" if text[0] in "[(" else f"must be {text}"
+        _check(_in_range(value, meta), key, shown, wording + meta["note"])
+    if "check" in meta:
+        _check(bool(meta["check"](value)), key, shown, meta["message"])
+
+
 def validate(cfg: RunConfig) -> RunConfig:
-    """Raise :class:`ConfigError` for the first out-of-range setting; return ``cfg`` unchanged."""
+    """Raise :class:`ConfigError` for the first invalid setting; return ``cfg`` unchanged.
 
-    def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-        _check(value in allowed, key, value, "allowed values are " + " | ".join(allowed))
-
-    def positive(key: str, value: float, strict: bool = True) -> None:
-        ok = math.isfinite(value) and (value > 0 if strict else value >= 0)
-        _check(ok, key, value, "must be " + ("> 0" if strict else ">= 0"))
-
-    choice("task", cfg.task, TASKS)
-    choice("prompt-template", cfg.prompt_template, PROMPT_TEMPLATES)
-    choice("precision", cfg.precision, PRECISIONS)
+    First each field's own checks (its metadata), then the rules that tie settings together.
+    """
+    for key, f in _FIELDS.items():
+        _check_field(key, f, getattr(cfg, f.name))
     causal = cfg.task == "causal-lm"
     _check(causal or cfg.precision == "auto", "precision", cfg.precision,
            "only task = 'causal-lm' has a precision setting; leave it at 'auto' for seq-cls")
@@ -186,79 +518,48 @@ def validate(cfg: RunConfig) -> RunConfig:
            "4-bit base weights (QLoRA) are for task = 'causal-lm'; set load-in-4bit = false")
     _check(not causal or cfg.partitioner == "iid", "partitioner", cfg.partitioner,
            "task = 'causal-lm' has no labels to split by; use partitioner = 'iid'")
-    choice("aggregation", cfg.aggregation, AGGREGATIONS)
-    choice("server-optimizer", cfg.server_optimizer, SERVER_OPTIMIZERS)
-    choice("dp", cfg.dp, DP_MODES)
-    choice("accountant", cfg.accountant, ACCOUNTANTS)
-    choice("grad-sample-mode", cfg.grad_sample_mode, GRAD_SAMPLE_MODES)
     _check(cfg.grad_sample_mode != "ghost" or cfg.task == "seq-cls", "grad-sample-mode",
            cfg.grad_sample_mode, "ghost clipping is wired for task = 'seq-cls' only; use "
            "'hooks' or 'functorch' with causal-lm")
-    choice("device", cfg.device, DEVICES)
-    choice("client-dp-side", cfg.client_dp_side, CLIENT_DP_SIDES)
-    _check(cfg.planned_rounds >= 0, "planned-rounds", cfg.planned_rounds,
-           "must be >= 0 (0 = num-server-rounds)")
-    positive("client-noise-multiplier", cfg.client_noise_multiplier)
     _check(not cfg.client_dp_enabled or cfg.aggregation == "fedavg", "dp", cfg.dp,
            "client-level DP (client | both) clips whole-adapter updates, so it needs "
            "aggregation = 'fedavg'")
-    positive("client-clipping-norm", cfg.client_clipping_norm)
-    choice("client-data", cfg.client_data, CLIENT_DATA)
-    choice("partitioner", cfg.partitioner, PARTITIONERS)
-    _check(bool(cfg.model.strip()), "model", cfg.model, "give a local folder or a hub id")
-    _check(bool(cfg.dataset.strip()), "dataset", cfg.dataset,
-           "give a local folder/file or a hub id")
-    _check(bool(cfg.label_column), "label-column", cfg.label_column, "must name a column")
-    _check(8 <= cfg.max_length <= 8192, "max-length", cfg.max_length, "must be in [8, 8192]")
-    positive("max-train-samples", cfg.max_train_samples, strict=False)
-    positive("max-eval-samples", cfg.max_eval_samples, strict=False)
-    _check(cfg.lora_r >= 1, "lora-r", cfg.lora_r, "must be an integer >= 1")
-    positive("lora-alpha", cfg.lora_alpha)
-    _check(0.0 <= cfg.lora_dropout < 1.0, "lora-dropout", cfg.lora_dropout, "must be in [0, 1)")
-    _check(len(cfg.lora_targets) > 0, "lora-targets", ",".join(cfg.lora_targets),
-           "name at least one module, e.g. 'query,value', or 'auto' for the "
-           "model's own query/value projections")
-    _check(all(r.isdigit() and int(r) >= 1 for r in cfg.hetero_ranks), "hetero-ranks",
-           ",".join(cfg.hetero_ranks), "give comma-separated integers >= 1, e.g. '2,4,8' "
-           "(empty: every client uses lora-r)")
-    positive("server-lr", cfg.server_lr, strict=False)
-    _check(0.0 <= cfg.server_momentum < 1.0, "server-momentum", cfg.server_momentum,
-           "must be in [0, 1)")
-    positive("proximal-mu", cfg.proximal_mu, strict=False)
-    positive("max-update-norm", cfg.max_update_norm, strict=False)
-    _check(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, "must be >= 1")
-    _check(0.0 < cfg.fraction_train <= 1.0, "fraction-train", cfg.fraction_train,
-           "must be in (0, 1]")
-    _check(0.0 <= cfg.fraction_evaluate <= 1.0, "fraction-evaluate", cfg.fraction_evaluate,
-           "must be in [0, 1]")
-    _check(cfg.min_clients >= 1, "min-clients", cfg.min_clients, "must be >= 1")
-    positive("local-epochs", cfg.local_epochs)
-    _check(cfg.batch_size >= 1, "batch-size", cfg.batch_size, "must be >= 1")
-    _check(cfg.micro_batch_size >= 0, "micro-batch-size", cfg.micro_batch_size,
-           "must be >= 0 (0 = the whole batch at once)")
-    positive("lr", cfg.lr)
-    positive("head-lr-scale", cfg.head_lr_scale)
-    choice("lr-schedule", cfg.lr_schedule, LR_SCHEDULES)
-    positive("weight-decay", cfg.weight_decay, strict=False)
-    positive("target-epsilon", cfg.target_epsilon)
-    _check(math.isfinite(cfg.delta) and 0.0 < cfg.delta < 1.0, "delta", cfg.delta,
-           "must be in (0, 1), and below 1/(examples per client)")
-    positive("max-grad-norm", cfg.max_grad_norm)
-    positive("dirichlet-alpha", cfg.dirichlet_alpha)
-    _check(cfg.classes_per_client >= 1, "classes-per-client", cfg.classes_per_client,
-           "must be >= 1")
     _check(not cfg.resume or bool(cfg.output_dir.strip()), "resume", cfg.resume,
            "resume = true needs 'output-dir' set to the run folder to continue")
-    positive("round-timeout", cfg.round_timeout)
-    _check(all(re.fullmatch(r"\d+:\d+:(raise|garbage|hang)", x.strip())
-               for x in cfg.fault_injection.split(",") if x.strip()),
-           "fault-injection", cfg.fault_injection,
-           "give '<partition>:<round>:<raise|garbage|hang>' items separated by commas, "
-           "e.g. '1:2:raise' (empty = no faults; for testing only)")
-    _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
-    _check(cfg.eval_batch_size >= 1, "eval-batch-size", cfg.eval_batch_size, "must be >= 1")
-    _check(cfg.client_threads >= 1, "client-threads", cfg.client_threads, "must be >= 1")
     return cfg
+
+
+def suggest(key: str) -> list[str]:
+    """Run-config keys someone who typed ``key`` probably meant, best first."""
+    norm = key.strip().lower().replace("_", "-")
+    if norm in _FIELDS:
+        return [norm]
+    if norm in ALIASES:
+        return list(ALIASES[norm])
+    out: list[str] = []
+    for match in difflib.get_close_matches(norm, [*_FIELDS, *ALIASES], n=3, cutoff=0.75):
+        for name in ALIASES.get(match, (match,)):
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def unknown_key_message(key: str) -> str:
+    """'unknown run-config key ...' with a suggestion, or where the setting really lives."""
+    message = f"unknown run-config key '{key}'"
+    norm = key.strip().lower().replace("_", "-")
+    if norm in FEDERATION_KEYS:
+        return (f"{message}: the number of clients and their resources are federation "
+                "settings: --federation-config 'num-supernodes=N client-resources-num-cpus=C' "
+                "(python -m simulations.launch: --num-clients N --cpus-per-client C); the "
+                "fewest clients a round needs is 'min-clients'")
+    close = suggest(key)
+    if close:
+        names = [repr(k) for k in close]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        return f"{message}; did you mean {listed}?"
+    return (f"{message}; `fedtune settings` lists every key (keys starting with 'x-' are free "
+            "for experiments)")
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> RunConfig:
@@ -275,9 +576,25 @@ def from_run_config(run_config: Mapping[str, Any]) -> RunConfig:
             continue
         f = _FIELDS.get(key)
         if f is None:
-            close = sorted(k for k in _FIELDS if k.split("-")[0] == key.split("-")[0])
-            hint = f"; did you mean {', '.join(repr(k) for k in close)}?" if close else ""
-            raise ConfigError(f"unknown run-config key '{key}'{hint}")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        values[f.name] = _coerce(key, raw, default)
+            raise ConfigError(unknown_key_message(key))
+        values[f.name] = _coerce(key, raw, _default(f))
     return validate(RunConfig(**values, extra=extra))
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every setting as the docs show it: key, default (as the run config spells it), allowed
+    values or range, meaning, and the section it opens (if any)."""
+    rows = []
+    for key, f in _FIELDS.items():
+        meta = f.metadata
+        if "choices" in meta:
+            allowed = " | ".join(meta["choices"])
+        elif range_text(meta):
+            allowed = range_text(meta)
+        elif isinstance(_default(f), bool):
+            allowed = "true | false"
+        else:
+            allowed = meta["allowed"]
+        rows.append({"key": key, "default": _plain(_default(f)), "allowed": allowed,
+                     "help": meta["help"], "section": SECTIONS.get(key, "")})
+    return rows

@@ -10,11 +10,17 @@ from __future__ import annotations
 import functools
 import math
 
-from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
-
 from fedtune.config import ConfigError, RunConfig
 from fedtune.privacy.accounting import epsilon
+from fedtune.privacy.noise_search import (
+    gdp_guess,
+    search_after,
+    search_like_opacus,
+    shared_rdp_terms,
+)
 from fedtune.protocol import History
+
+TOLERANCE = 0.01  # Opacus's epsilon_tolerance of get_noise_multiplier
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:
@@ -65,20 +71,20 @@ def noise_multiplier(
 ) -> float:
     """Smallest sigma whose epsilon after ``steps`` is <= target (Opacus tolerance 0.01).
 
-    Cached: the search costs seconds under PRV, and clients of equal size in one process (Ray
-    keeps simulated clients' workers alive) would otherwise repeat it.
+    Exactly Opacus's ``get_noise_multiplier`` (same doubling, same bisection, same answer) from
+    a third of its accountant calls (:mod:`fedtune.privacy.noise_search`). Cached: clients of
+    equal size in one process (Ray keeps simulated clients' workers alive) would otherwise repeat
+    the search.
     """
     check_delta(delta, num_examples)
     if target_epsilon <= 0:
         raise ConfigError(f"run-config key 'target-epsilon' = {target_epsilon} must be > 0")
+    q = sample_rate(num_examples, batch_size)
     try:
-        return float(get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate(num_examples, batch_size),
-            steps=steps,
-            accountant=accountant,
-        ))
+        with shared_rdp_terms():
+            return float(search_like_opacus(
+                lambda sigma: epsilon([(sigma, q, steps)], delta, accountant),
+                target_epsilon, TOLERANCE, guess=gdp_guess(target_epsilon, delta, q, steps)))
     except ValueError as exc:
         raise ConfigError(
             f"run-config key 'target-epsilon' = {target_epsilon}: no noise level reaches it for "
@@ -88,7 +94,7 @@ def noise_multiplier(
 
 def noise_multiplier_after(
     prior: History, *, target_epsilon: float, delta: float, q: float, steps: int,
-    accountant: str, tolerance: float = 0.01,
+    accountant: str, tolerance: float = TOLERANCE,
 ) -> float | None:
     """Smallest sigma such that ``prior`` + ``steps`` more steps stay within the target.
 
@@ -98,22 +104,10 @@ def noise_multiplier_after(
     """
     if epsilon(prior, delta, accountant) >= target_epsilon - tolerance:
         return None
-    low, high = 0.0, 10.0
-    while epsilon([*prior, (high, q, steps)], delta, accountant) > target_epsilon:
-        high *= 2
-        if high > MAX_SIGMA:
-            return None
-    eps_high = epsilon([*prior, (high, q, steps)], delta, accountant)
-    while target_epsilon - eps_high > tolerance:
-        mid = (low + high) / 2
-        eps = epsilon([*prior, (mid, q, steps)], delta, accountant)
-        if eps < target_epsilon:
-            high, eps_high = mid, eps
-        else:
-            low = mid
-        if high - low < 1e-6:
-            break
-    return high
+    with shared_rdp_terms():
+        return search_after(
+            lambda sigma: epsilon([*prior, (sigma, q, steps)], delta, accountant),
+            target_epsilon, tolerance, guess=gdp_guess(target_epsilon, delta, q, steps, prior))
 
 
 def calibrate(cfg: RunConfig, num_examples: int, prior: History | None = None,

@@ -7,6 +7,7 @@ from typing import Any
 from fedtune.config import ConfigError
 from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.calibration import noise_multiplier, sample_rate, steps_per_round
+from fedtune.privacy.noise_search import shared_rdp_terms
 
 
 def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int,
@@ -32,8 +33,9 @@ def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int
     sigma = noise_multiplier(target_epsilon=target_epsilon, delta=delta,
                              num_examples=num_examples, batch_size=batch_size,
                              steps=rounds * per_round, accountant=accountant)
-    per_round_eps = [epsilon([(sigma, q, r * per_round)], delta, accountant)
-                     for r in range(1, rounds + 1)]
+    with shared_rdp_terms():  # every round's epsilon has the same (sigma, q): one RDP series
+        per_round_eps = [epsilon([(sigma, q, r * per_round)], delta, accountant)
+                         for r in range(1, rounds + 1)]
     return {
         "num_examples": num_examples, "batch_size": batch_size, "local_epochs": local_epochs,
         "rounds": rounds, "target_epsilon": target_epsilon, "delta": delta,
