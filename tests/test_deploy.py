@@ -155,7 +155,7 @@ def test_clients_with_their_own_data_are_numbered_by_node_and_sized_by_replies(t
     rlog = RoundLog(replies=[{"node": 55, "partition-id": -1, "dataset-size": 40}],
                     refused=[{"node": 900, "partition-id": -1, "dataset-size": 12,
                               "reason": "budget"}])
-    local.observe(rlog)
+    rlog = local.observe(rlog)  # a numbered copy: the strategy's own log stays as it is
     assert [r["partition-id"] for r in rlog.replies + rlog.refused] == [1, 2]
     parts = json.loads(run.partitions_path.read_text())["partitions"]
     assert [(p["partition_id"], p["node_id"], p["num_examples"]) for p in parts] == [
