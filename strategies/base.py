@@ -48,9 +48,14 @@ def weighted_mean(items: list[tuple[Arrays, float]]) -> Arrays:
 class LoraStrategy(FedAvg):
     """Subclasses implement :meth:`begin_round`, :meth:`payloads` and :meth:`aggregate`."""
 
+    # Whether :meth:`aggregate` applies ``client_dp`` (strategies.client_dp.ClientLevelDP), set
+    # by the client-level DP wrappers: clip, sum over the sampled clients, noise, then optimise.
+    supports_client_dp = False
+
     def __init__(self, *, min_replies: int, server_optimizer: ServerOptimizer | None = None,
                  max_update_norm: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        self.client_dp = None
         self.min_replies = min_replies
         self.optimizer = server_optimizer or ServerOptimizer()
         self.max_update_norm = max_update_norm
