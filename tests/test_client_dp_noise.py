@@ -19,6 +19,7 @@ from strategy_helpers import FakeGrid, adapter, meta
 
 from fedtune.arrays import from_record, to_record
 from fedtune.config import from_run_config
+from fedtune.privacy.client_level import client_level_report
 from strategies.registry import build_strategy
 
 X0 = adapter(4, seed=3)
@@ -104,3 +105,11 @@ def test_server_momentum_sees_only_noised_means():
          "server-momentum": 0.9}, 4,
         lambda s: [[{k: a[k] + s * v for k, v in delta.items()}, b, c, d], later])
     assert z_eff == pytest.approx(1.0, rel=0.1)
+
+
+def test_the_report_says_what_the_sum_is_divided_by():
+    level = client_level_report(noise_multiplier=1.0, clipping_norm=0.5, sampled=5,
+                                population=10, rounds=3, delta=1e-5, side="server",
+                                server_optimizer="fedavgm")
+    assert level["denominator"] == 5 and level["noise_stdv"] == pytest.approx(0.1)
+    assert level["noise_before_server_optimizer"] and level["server_optimizer"] == "fedavgm"
