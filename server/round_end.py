@@ -90,11 +90,27 @@ class RoundEnd:
         self.folder.append_metrics(line)
         return line
 
-    def report(self, server_round: int) -> None:
-        """Rewrite the privacy report: complete after every round, even if the run stops."""
+    def report(self, server_round: int, *, last: bool | None = None) -> None:
+        """Rewrite the privacy report: complete after every round, even if the run stops.
+        ``last``: this is the run's last report (dp-accounting cross-checks); by default, after
+        the last planned round."""
+        if last is None:
+            last = server_round == self.cfg.num_server_rounds
         self.folder.write_privacy_report(build_report(
             self.cfg, self.partitions, self.rounds, self._client_level(server_round),
-            crosscheck_now=server_round == self.cfg.num_server_rounds))
+            crosscheck_now=last, node_ids=self.local.number if self.local is not None else None))
+
+    def report_failure(self, server_round: int) -> None:
+        """The privacy report after ``server_round`` stopped the run (too few replies, a crash
+        in the round): this round end never ran for it, yet every client sent its adapter may
+        have spent privacy on it. The strategy's log of the round is taken in and the report
+        rewritten with it; nothing is evaluated or checkpointed (a resume reruns the round)."""
+        if server_round < 1:
+            return
+        rlog = self.strategy.rounds.get(server_round)
+        if rlog is not None:
+            self.rounds[server_round] = self.local.observe(rlog) if self.local else rlog
+        self.report(server_round, last=True)
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
         """The adapter plus everything a resume needs; written last, it commits the round."""
@@ -112,7 +128,8 @@ class RoundEnd:
             noise_multiplier=self.cfg.client_noise_multiplier,
             clipping_norm=self.cfg.client_clipping_norm,
             sampled=sampled_per_round(self.cfg, self.num_clients), population=self.num_clients,
-            rounds=released, delta=self.cfg.delta, side=self.cfg.client_dp_side)
+            rounds=released, delta=self.cfg.delta, side=self.cfg.client_dp_side,
+            server_optimizer=self.cfg.server_optimizer)
 
 
 def round_fields(rlog: RoundLog) -> dict:

@@ -7,7 +7,7 @@ report, checkpoint).
 
 from __future__ import annotations
 
-from logging import INFO
+from logging import ERROR, INFO
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -36,6 +36,7 @@ def main(grid: Grid, context: Context) -> None:
                            evaluate_fn=run.round_end)
     except Exception as exc:
         record_failure(run.folder, run.round_end.completed, exc)
+        report_failure(run, run.round_end.completed + 1)
         raise
     finish_run(run, final)
     log(INFO, "%s", run_summary(run.folder.root))
@@ -50,6 +51,16 @@ def finish_run(run: PreparedRun, final) -> None:
     samples = run.task.samples(run.cfg, run.model, run.tokenizer, run.splits)
     if samples:
         run.folder.write_samples(samples)
+
+
+def report_failure(run: PreparedRun, failed_round: int) -> None:
+    """The privacy report with the failed round counted: its clients may have spent privacy on
+    it although it released nothing. Never masks the error that stopped the run."""
+    try:
+        run.round_end.report_failure(failed_round)
+    except Exception as exc:  # noqa: BLE001 - the run's own error is the one raised
+        log(ERROR, "the privacy report after failed round %s could not be written: %s: %s",
+            failed_round, type(exc).__name__, exc)
 
 
 def record_failure(folder: RunFolder, completed: int, exc: Exception) -> None:

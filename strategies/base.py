@@ -48,9 +48,14 @@ def weighted_mean(items: list[tuple[Arrays, float]]) -> Arrays:
 class LoraStrategy(FedAvg):
     """Subclasses implement :meth:`begin_round`, :meth:`payloads` and :meth:`aggregate`."""
 
+    # Whether :meth:`aggregate` applies ``client_dp`` (strategies.client_dp.ClientLevelDP), set
+    # by the client-level DP wrappers: clip, sum over the sampled clients, noise, then optimise.
+    supports_client_dp = False
+
     def __init__(self, *, min_replies: int, server_optimizer: ServerOptimizer | None = None,
                  max_update_norm: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        self.client_dp = None
         self.min_replies = min_replies
         self.optimizer = server_optimizer or ServerOptimizer()
         self.max_update_norm = max_update_norm
@@ -96,6 +101,7 @@ class LoraStrategy(FedAvg):
         payloads, left_out = self.payloads(server_round, nodes, grid)
         log_.failures.extend({"kind": "left-out", **x} for x in left_out)
         self._sent[server_round] = payloads
+        log_.sent = sorted(payloads)
         log_.bytes_down = sum(record_bytes(p) for p in payloads.values())
         records: dict[int, ArrayRecord] = {}  # one record per distinct payload, not per node
         messages = []
@@ -136,10 +142,12 @@ class LoraStrategy(FedAvg):
         log_.failures.extend(_missing(sent, {node_of(m) for m in replies}, len(replies),
                                       log_.sampled))
         accepted = self._validate([r for r in decoded if r.refusal is None], sent, log_)
+        # Logged before anything can stop the round: each of these clients spent privacy on it,
+        # and the privacy report counts it even if the round releases nothing.
+        log_.replies = [r.info() for r in accepted]
         if len(accepted) < self.min_replies <= len(accepted) + len(refusals):
             log(WARNING, "round %s: %s valid replies, %s budget refusals: global adapter kept",
                 server_round, len(accepted), len(refusals))
-            log_.replies = [r.info() for r in accepted]
             return None, None
         if len(accepted) < self.min_replies:
             reasons = "; ".join(f"node {f['node']}: {f['reason']}" for f in log_.failures)
@@ -147,7 +155,6 @@ class LoraStrategy(FedAvg):
                 f"round {server_round}: {len(accepted)} valid replies of {log_.sampled} sampled, "
                 f"below min-clients = {self.min_replies}. {reasons or 'No error was reported.'}"
             )
-        log_.replies = [r.info() for r in accepted]
         weights = [float(r.metrics[self.weighted_by_key]) for r in accepted]
         losses = [float(r.metrics[TRAIN_LOSS]) for r in accepted]
         log_.train_loss = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)

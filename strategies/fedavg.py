@@ -2,7 +2,9 @@
 
 The baseline: every client sends its whole adapter (A, B and the head) and the server takes the
 weighted mean of each tensor. Inexact for LoRA, since mean(B)·mean(A) != mean(B·A); ``ffa`` and
-``hetero-rank`` are the exact alternatives.
+``hetero-rank`` are the exact alternatives. Under client-level DP the mean is DP-FedAvg's noised
+sum of clipped updates over the sampled clients (``strategies/client_dp.py``), taken before the
+server optimiser steps.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ __all__ = ["LoraFedAvg", "TooFewRepliesError"]
 
 
 class LoraFedAvg(LoraStrategy):
+    supports_client_dp = True
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.global_: Arrays | None = None  # the adapter sent this round
@@ -35,7 +39,15 @@ class LoraFedAvg(LoraStrategy):
 
     def aggregate(self, server_round: int, accepted: list[tuple[int, Arrays, float]]
                   ) -> ArrayRecord:
-        mean = weighted_mean([(arrays, w) for _, arrays, w in accepted])
+        if self.client_dp is not None:
+            if self.global_ is None:
+                raise RuntimeError("client-level DP clips each update against the adapter sent "
+                                   "this round: call configure_train first")
+            # The Gaussian mechanism's output; the optimiser step below is post-processing.
+            mean = self.client_dp.noisy_mean(self.sent_part(self.global_),
+                                             [arrays for _, arrays, _ in accepted])
+        else:
+            mean = weighted_mean([(arrays, w) for _, arrays, w in accepted])
         if self.global_ is None:  # used without configure_train: nothing to step from
             return to_record(mean)
         new = self.optimizer.step(server_round, self.sent_part(self.global_), mean)

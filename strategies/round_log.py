@@ -9,6 +9,9 @@ from typing import Any
 @dataclass
 class RoundLog:
     sampled: int = 0
+    # Every node sent a train message: each may have spent privacy on it, whether or not its
+    # reply arrived, passed the checks or was logged before the round stopped.
+    sent: list[int] = field(default_factory=list)
     bytes_down: int = 0
     bytes_up: int = 0  # every reply received, rejected ones included: that traffic happened
     train_loss: float | None = None

@@ -44,6 +44,31 @@ def _crosscheck_note(report: dict[str, Any]) -> list[str]:
     return ["", text]
 
 
+def _rounds_text(rounds: list[int]) -> str:
+    return ("round " if len(rounds) == 1 else "rounds ") + ", ".join(map(str, rounds))
+
+
+def _epsilon_cell(c: dict[str, Any]) -> str:
+    """The reported epsilon, and the upper bound when rounds it was sent are unconfirmed."""
+    unconfirmed = c.get("unconfirmed_rounds") or []
+    if not unconfirmed:
+        return _f(c["epsilon"])
+    return (f"{_f(c['epsilon'])}; ≤ {_f(c.get('epsilon_upper_bound'))} "
+            f"({_rounds_text(unconfirmed)} unconfirmed)")
+
+
+def _guarantee(report: dict[str, Any]) -> str:
+    """The federation's guarantee line; an upper bound when some rounds were never confirmed."""
+    unconfirmed = [c for c in report["clients"] if c.get("unconfirmed_rounds")]
+    unconfirmed += report.get("unattributed") or []
+    head = "- **federation guarantee (max over clients): epsilon "
+    tail = f"** after {report['rounds']} round(s)"
+    if not unconfirmed:
+        return f"{head}= {_f(report['max_epsilon'])}{tail}"
+    return (f"{head}≤ {_f(report['max_epsilon'])}{tail} (an upper bound: {len(unconfirmed)} "
+            "client(s) were sent rounds they never confirmed, counted as spent)")
+
+
 def _no_dp_lines(report: dict[str, Any]) -> list[str]:
     """Header and per-client table for a run without sample-level DP-SGD."""
     lines = ["# Privacy-budget report", "", f"- DP mode: `{report['dp']}`", "",
@@ -64,8 +89,7 @@ def _sample_level_lines(report: dict[str, Any]) -> list[str]:
         f"- DP mode: `{report['dp']}`; accountant: `{report['accountant']}`",
         f"- target epsilon per client: {report['target_epsilon']:g} at delta "
         f"{report['delta']:g}; clipping norm C = {report['max_grad_norm']:g}",
-        f"- **federation guarantee (max over clients): epsilon = "
-        f"{_f(report['max_epsilon'])}** after {report['rounds']} round(s)",
+        _guarantee(report),
         "",
         "Sample-level (record-level) DP: each client's local dataset is the protected database; "
         "epsilon composes over every DP-SGD step of every round the client trained in.",
@@ -79,7 +103,7 @@ def _sample_level_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {c['partition_id']} | {c['num_examples']} | {_f(c['noise_multiplier'])} | "
             f"{_f(c['sample_rate'], 4)} | {c['steps']} | {c['rounds_trained']} | "
-            f"{', '.join(map(str, c.get('refused_rounds', []))) or '–'} | {_f(c['epsilon'])} | "
+            f"{', '.join(map(str, c.get('refused_rounds', []))) or '–'} | {_epsilon_cell(c)} | "
             f"{_f(check.get('pld_epsilon'))} | {_f(check.get('rdp_epsilon'))} |"
         )
     return lines + _crosscheck_note(report)
@@ -93,6 +117,12 @@ def render(report: dict[str, Any]) -> str:
     if refusals:
         lines += ["", "## Refusals", ""]
         lines += [f"- client {pid}: {reason}" for pid, reason in refusals]
+    unattributed = report.get("unattributed") or []
+    if unattributed and sample_level:
+        lines += ["", "## Nodes never heard from", ""]
+        lines += [f"- node {x['node']}: epsilon ≤ {_f(x['epsilon_upper_bound'])} "
+                  f"({_rounds_text(x['unconfirmed_rounds'])} unconfirmed; the budget every "
+                  "client enforces)" for x in unattributed]
     level = report.get("client_level")
     if level:
         lines += [
@@ -104,6 +134,10 @@ def render(report: dict[str, Any]) -> str:
             f"- clipping: {level['side']} side, norm {level['clipping_norm']:g}; noise "
             f"multiplier {level['noise_multiplier']:g}",
             f"- client sampling rate {_f(level['sample_rate'], 4)}, rounds {level['rounds']}",
+            *([f"- the clipped sum is divided by the m = {level['denominator']} clients "
+               "sampled (a client that did not reply adds zero) and noised before the server "
+               f"optimiser (`{level.get('server_optimizer', 'none')}`)"]
+              if "denominator" in level else []),
             f"- **user-level epsilon {_f(level['epsilon'])}** at delta {level['delta']:g} "
             f"(RDP; dp-accounting RDP check {_f(level.get('crosscheck_rdp_epsilon'))})",
         ]

@@ -1,8 +1,11 @@
 """Client-level (user-level) DP for DP-FedAvg: the epsilon of the noisy aggregate over rounds.
 
-Each round releases the average of clipped client updates plus Gaussian noise of std
-``z * C / m`` (Flower's fixed-clipping wrappers), i.e. a Gaussian mechanism with noise multiplier
-``z`` on the sum of ``m`` updates with sensitivity ``C``. Sampling ``m`` of ``N`` clients is
+Each round releases the sum of clipped client updates plus Gaussian noise of std ``z * C``,
+divided by ``m``, the number of clients sampled per round (``denominator`` in the report) whatever
+the number that replied: a sampled client that refused, failed or was rejected adds a zero update.
+That is a Gaussian mechanism with noise multiplier ``z`` on a sum with sensitivity ``C``, noise
+std ``z * C / m`` on the mean as in Flower's fixed-clipping wrappers. The noise is added before
+the server optimiser, whose step is then post-processing. Sampling ``m`` of ``N`` clients is
 accounted as Poisson subsampling at rate ``m / N`` (Flower samples a fixed-size subset, for which
 this is the usual approximation; with every client sampled, ``q = 1`` and there is no
 amplification at all). Rounds compose in an RDP accountant.
@@ -19,7 +22,8 @@ from fedtune.privacy.crosscheck import dp_event
 
 
 def client_level_report(*, noise_multiplier: float, clipping_norm: float, sampled: int,
-                        population: int, rounds: int, delta: float, side: str) -> dict[str, Any]:
+                        population: int, rounds: int, delta: float, side: str,
+                        server_optimizer: str = "none") -> dict[str, Any]:
     q = min(1.0, sampled / population)
     history = [(noise_multiplier, q, rounds)] if rounds else []
     check = None
@@ -32,6 +36,11 @@ def client_level_report(*, noise_multiplier: float, clipping_norm: float, sample
         "noise_multiplier": noise_multiplier,
         "clipping_norm": clipping_norm,
         "sampled_per_round": sampled,
+        # m: the clipped sum is divided by the clients sampled, not by the replies received
+        "denominator": sampled,
+        "noise_stdv": noise_multiplier * clipping_norm / sampled,  # on the mean: z * C / m
+        "server_optimizer": server_optimizer,
+        "noise_before_server_optimizer": True,
         "population": population,
         "sample_rate": q,
         "rounds": rounds,
