@@ -8,7 +8,6 @@ rule) and tells the server that rank through a query message.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -25,7 +24,7 @@ from fedtune.config import RunConfig, from_run_config
 from fedtune.console import quiet_libraries
 from fedtune.model.adapter import AdapterMismatchError, adapter_state, load_adapter_state
 from fedtune.model.lora_layout import lora_a_digest, travelling_keys
-from fedtune.privacy.budget import ClientBudget
+from fedtune.privacy.budget import ClientBudget, HostPolicy, Release, client_key
 from fedtune.privacy.ledger import Ledger, fingerprint
 from fedtune.protocol import (
     ARRAYS,
@@ -42,7 +41,6 @@ from fedtune.protocol import (
     PARTITION_ID,
     PRIVACY,
     REFUSAL,
-    RESUME_PRIVACY,
     ROUNDS_REFUSED,
     ROUNDS_TRAINED,
     RUN_KEY,
@@ -68,14 +66,14 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config[SERVER_ROUND])
     run_key = str(config.get(RUN_KEY, context.run_id))
     charge_id = f"{run_key}/round-{server_round}"
+    seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
     privacy = _privacy(cfg, context, config, pid, rows)
-    decision = privacy.admit(run_key, charge_id)
+    decision = privacy.admit(run_key, charge_id, Release(msg.content[ARRAYS], config, seed, rank))
     if not decision.allowed:  # no update leaves the client; the reply says why
         context.state[PRIVACY] = privacy.state.to_record()
         metrics = _metrics(cfg, privacy, pid, rank, None, decision.epsilon_before)
         return _reply(msg, metrics, privacy, refusal=decision.reason)
     model = _model(msg, cfg, len(labels), "train", rank)
-    seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
     result = train_local(model, rows, pad_id, cfg, privacy.state, seed=seed)
     privacy.finish(result.steps)
     context.state[PRIVACY] = privacy.state.to_record()
@@ -118,12 +116,13 @@ def _data(msg: Message, context: Context, cfg: RunConfig, split: str = "train"):
 
 def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
              rows) -> ClientBudget:
-    """This client's budget: its saved state (or, on a resumed run, the state the server
-    checkpointed), its ledger on real hosts, and the host's own cap (node config)."""
-    saved = context.state.get(PRIVACY) or _resumed_state(config, pid)
-    cap = context.node_config.get("max-epsilon")
+    """This client's budget: its saved state (on a resumed run raised, never lowered, by the
+    state the server checkpointed), its ledger on real hosts, and the host's own limits (node
+    config ``max-epsilon``, ``max-delta``, ``require-dp``)."""
     ledger = _ledger(cfg, context, rows) if cfg.dp_enabled else None
-    return ClientBudget.open(cfg, saved, len(rows), ledger, float(cap) if cap else None)
+    return ClientBudget.open(cfg, context.state.get(PRIVACY), len(rows), ledger,
+                             key=client_key(cfg, context.node_config, context.node_id, pid),
+                             config=config, policy=HostPolicy.from_node_config(context.node_config))
 
 
 def _model(msg: Message, cfg: RunConfig, num_labels: int, split: str, rank: int | None = None):
@@ -195,11 +194,3 @@ def _ledger(cfg: RunConfig, context: Context, rows) -> Ledger | None:
     if not folder:
         return None
     return Ledger.open(folder, fingerprint(*rows.ledger_rows()), len(rows))
-
-
-def _resumed_state(config: ConfigRecord, pid: int) -> dict | None:
-    """A resumed run starts with empty ``context.state``: take the privacy state this client
-    last reported, as the server checkpointed it (its on-disk ledger, if any, still decides
-    which rounds were already charged)."""
-    text = config.get(RESUME_PRIVACY)
-    return json.loads(text).get(str(pid)) if text else None

@@ -30,7 +30,7 @@ SERVER_ROUND = "server-round"  # set by Flower's strategies
 LABELS = "labels"  # the label set of the training split, in order
 RUN_KEY = "run-key"  # the run folder: names a round's charge in a client's ledger
 LORA_A_SHA256 = "lora-a-sha256"  # ffa: digest of the frozen, seed-shared LoRA A
-RESUME_PRIVACY = "resume-privacy"  # JSON {partition id: privacy state} on a resumed run
+RESUME_PRIVACY = "resume-privacy"  # JSON {client key: privacy state} on a resumed run
 ASK = "ask"  # a query message: which node setting the server asks for (``lora-r``)
 
 # --- reply metrics (client -> server) --------------------------------------------------------
@@ -56,6 +56,7 @@ EPSILON_MAX = "epsilon-max"
 NODE = "node"
 HISTORY = "history"  # the accountant history [(sigma, q, steps)], for the report
 PRIVACY_STATE = "privacy-state"  # the privacy record as sent: a resumed run hands it back
+CLIENT_KEY = "client-key"  # in a privacy record: whose state it is (the resume-privacy key)
 
 
 def file_key(key: str) -> str:
@@ -75,6 +76,8 @@ class PrivacyState:
     rounds_refused: int = 0
     exhausted: bool = False
     plain_steps: int = 0  # steps trained without DP (dp=off): counted, never accounted
+    client_key: str = ""  # who the state belongs to: a resumed run hands it back by this key
+    history_lost: bool = False  # resumed or restarted with no state and no ledger: never trains
 
     @property
     def total_steps(self) -> int:
@@ -91,6 +94,8 @@ class PrivacyState:
             "rounds-refused": self.rounds_refused,
             "exhausted": self.exhausted,
             "plain-steps": self.plain_steps,
+            CLIENT_KEY: self.client_key,
+            "history-lost": self.history_lost,
         })
 
     @classmethod
@@ -109,6 +114,8 @@ class PrivacyState:
             rounds_refused=int(record.get("rounds-refused", 0)),
             exhausted=bool(record.get("exhausted", False)),
             plain_steps=int(record.get("plain-steps", 0)),
+            client_key=str(record.get(CLIENT_KEY, "")),
+            history_lost=bool(record.get("history-lost", False)),
         )
 
 

@@ -4,8 +4,10 @@ Continuing exactly needs more than the adapter: the strategy's own state (server
 moments, hetero-rank's full delta-W), the round logs (the metrics and the privacy report are built
 from them), Python's ``random`` state (Flower samples clients with it) and every client's privacy
 state. Clients keep theirs in ``context.state``, which a new ``flwr run`` does not have, so the
-server hands each client its last reported state back (``resume-privacy``); a client with an
-on-disk ledger trusts the ledger, whose charge ids make a replayed round free.
+server hands each client its last reported state back (``resume-privacy``), under the key the
+client sent with it. The client treats it as a claim: with an on-disk ledger the ledger decides
+(a replayed round is free only if its inputs hash the same), without one the claim may raise its
+count, never lower it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fedtune.outputs.checkpoint import (
     write_server_state,
 )
 from fedtune.outputs.run_folder import RunFolder
-from fedtune.protocol import PARTITION_ID, PRIVACY_STATE
+from fedtune.protocol import CLIENT_KEY, PARTITION_ID, PRIVACY_STATE
 from strategies.round_log import RoundLog
 
 # Settings a resumed run may change; every other one must match the run's config.json.
@@ -58,13 +60,23 @@ class ResumePoint:
     skipped: list[dict] = field(default_factory=list)  # damaged checkpoints: round + reason
 
     def client_states(self) -> dict[str, dict]:
-        """partition id -> the privacy state that client last reported (a refusal included)."""
+        """client key -> the privacy state that client last reported (a refusal included).
+
+        The key is the one the client sent with its state (``client-key``: its partition in a
+        simulation, its node or node-config ``client-id`` on a real host, where the server's
+        own numbering means nothing to the client); the partition id for older checkpoints."""
         out: dict[str, dict] = {}
         for r in sorted(self.rounds):
             log_ = self.rounds[r]
             for reply in log_.replies + log_.rejected_replies + log_.refused:
-                if PRIVACY_STATE in reply and PARTITION_ID in reply:
-                    out[str(int(reply[PARTITION_ID]))] = reply[PRIVACY_STATE]
+                state = reply.get(PRIVACY_STATE)
+                if not state:
+                    continue
+                key = str(state.get(CLIENT_KEY) or "")
+                if not key and PARTITION_ID in reply:
+                    key = str(int(reply[PARTITION_ID]))
+                if key:
+                    out[key] = state
         return out
 
     def describe(self) -> dict:

@@ -4,16 +4,31 @@
 the budget belongs to the *data*, so the ledger is keyed by a fingerprint of the client's rows and
 lives in ``ledger-dir`` on the client's host. A round's spend is charged *before* the client trains
 and releases its update, with an atomic write: a crash at any point leaves the ledger at or above
-what was released, never below. Each charge has an id (run key + round): charging the same id twice
-is a no-op, because the client's training is deterministic for a given round, so re-running that
-round releases the identical update again, which costs no further privacy.
+what was released, never below.
+
+The ledger on disk is the truth, and more than one client process may use it at once (two runs on
+the same host data, a restarted SuperNode next to the old one): every read-decide-charge happens
+under an exclusive ``flock`` on the ledger's folder (:meth:`Ledger.locked`), which first re-reads
+the file, so a decision always sees every charge made before it. The folder, not a lock file
+beside the ledger, is what is locked: the ledger folder then holds only ledgers (and the host's
+noise secret), and the lock cannot be lost to the ledger's atomic replace.
+
+Each charge has an id (run key + round) and the digest of everything that determined its update
+(:func:`fedtune.privacy.budget.ClientBudget.update_digest`). Charging the same id with the same
+digest again is a no-op: training is deterministic given those inputs, so re-running the round
+releases the identical update, which costs no further privacy. The same id with another digest is
+another release, and is charged as one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,42 +60,76 @@ class Ledger:
     charges: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
     runs: dict[str, dict[str, float]] = field(default_factory=dict)  # run key -> sigma, q
+    _held: int = field(default=0, init=False, repr=False, compare=False)  # locked() depth
 
     @classmethod
     def open(cls, ledger_dir: str | Path, fp: str, num_examples: int) -> Ledger:
         path = Path(ledger_dir).expanduser() / f"ledger-{fp[:16]}.json"
-        if not path.exists():
-            return cls(path=path, fingerprint=fp, num_examples=num_examples)
-        data = json.loads(path.read_text())
-        if data.get("fingerprint") != fp:
-            raise ValueError(f"privacy ledger {path} belongs to other data "
-                             f"(fingerprint {data.get('fingerprint', '?')[:16]}...)")
-        return cls(
-            path=path, fingerprint=fp, num_examples=int(data["num_examples"]),
-            history=[(float(s), float(q), int(n)) for s, q, n in data["history"]],
-            charges=list(data.get("charges", [])), refusals=list(data.get("refusals", [])),
-            runs=dict(data.get("runs", {})),
-        )
+        ledger = cls(path=path, fingerprint=fp, num_examples=num_examples)
+        ledger.reload()
+        return ledger
 
-    def has_charge(self, charge_id: str) -> bool:
-        return any(c["id"] == charge_id for c in self.charges)
+    def reload(self) -> None:
+        """Read the ledger as it is on disk now (a missing file is an empty ledger)."""
+        if not self.path.exists():
+            return
+        data = json.loads(self.path.read_text())
+        if data.get("fingerprint") != self.fingerprint:
+            raise ValueError(f"privacy ledger {self.path} belongs to other data "
+                             f"(fingerprint {data.get('fingerprint', '?')[:16]}...)")
+        self.num_examples = int(data["num_examples"])
+        self.history = [(float(s), float(q), int(n)) for s, q, n in data["history"]]
+        self.charges = list(data.get("charges", []))
+        self.refusals = list(data.get("refusals", []))
+        self.runs = dict(data.get("runs", {}))
+
+    @contextmanager
+    def locked(self) -> Iterator[Ledger]:
+        """Hold the host's ledger lock and see the ledger as it is on disk: taken, it re-reads
+        the file; everything done inside (decide, charge, refuse) is one step for every other
+        process using this folder. Re-entrant for this object (a charge inside an admit)."""
+        if self._held:
+            self._held += 1
+            try:
+                yield self
+            finally:
+                self._held -= 1
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._held = 1
+            self.reload()
+            yield self
+        finally:
+            self._held = 0
+            os.close(fd)  # releases the lock
+
+    def has_charge(self, charge_id: str, update: str = "") -> bool:
+        """Was this very release (round id and update digest) charged before?"""
+        return any(c["id"] == charge_id and c.get("update", "") == update for c in self.charges)
 
     def charge(self, charge_id: str, sigma: float, q: float, steps: int, epsilon: float,
-               delta: float) -> None:
-        """Record a round's spend durably; a repeated ``charge_id`` is not charged again."""
-        if self.has_charge(charge_id):
-            return
-        self.history = merge_history([*self.history, (sigma, q, steps)])
-        self.charges.append({"id": charge_id, "noise_multiplier": sigma, "sample_rate": q,
-                             "steps": steps, "epsilon_after": epsilon, "delta": delta,
-                             "time": time.time()})
-        self.save()
+               delta: float, update: str = "") -> None:
+        """Record a round's spend durably; the same release (id and ``update`` digest) is not
+        charged twice."""
+        with self.locked():
+            if self.has_charge(charge_id, update):
+                return
+            self.history = merge_history([*self.history, (sigma, q, steps)])
+            self.charges.append({"id": charge_id, "update": update, "noise_multiplier": sigma,
+                                 "sample_rate": q, "steps": steps, "epsilon_after": epsilon,
+                                 "delta": delta, "time": time.time()})
+            self.save()
 
     def refuse(self, charge_id: str, reason: str) -> None:
-        self.refusals.append({"id": charge_id, "reason": reason, "time": time.time()})
-        self.save()
+        with self.locked():
+            self.refusals.append({"id": charge_id, "reason": reason, "time": time.time()})
+            self.save()
 
     def save(self) -> None:
+        """Write the ledger atomically; callers hold :meth:`locked` (read-modify-write)."""
         write_json(self.path, {
             "version": LEDGER_VERSION,
             "fingerprint": self.fingerprint,
@@ -93,5 +142,6 @@ class Ledger:
 
     def remember_run(self, run_key: str, sigma: float, q: float) -> None:
         """A restarted client of the same run reuses its noise instead of re-planning."""
-        self.runs[run_key] = {"noise_multiplier": sigma, "sample_rate": q}
-        self.save()
+        with self.locked():
+            self.runs[run_key] = {"noise_multiplier": sigma, "sample_rate": q}
+            self.save()
