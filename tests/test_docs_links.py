@@ -7,8 +7,6 @@ import pytest
 from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# Images the README shows that are added by hand, from a real run, after this test was written.
-PENDING_IMAGES = {ROOT / "docs" / "img" / "epsilon.png", ROOT / "docs" / "img" / "metrics.png"}
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -48,8 +46,7 @@ def _links():
 def test_relative_link_resolves(page, target):
     path, _, anchor = target.partition("#")
     dest = (page.parent / path).resolve() if path else page
-    if dest not in PENDING_IMAGES:
-        assert dest.exists(), f"{page.name}: {target} -> {dest} does not exist"
+    assert dest.exists(), f"{page.name}: {target} -> {dest} does not exist"
     if anchor:
         assert anchor in anchors(dest), f"{page.name}: no heading '#{anchor}' in {dest.name}"
 
