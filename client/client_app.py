@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.faults import fault_mod
-from client.local_data import client_rows
+from client.local_data import client_rows, ledger_fingerprint, rows_digest
 from client.mods import client_clipping_mod
 from client.noise_seed import round_seed
 from client.rank import client_rank
@@ -25,7 +25,7 @@ from fedtune.console import quiet_libraries
 from fedtune.model.adapter import AdapterMismatchError, adapter_state, load_adapter_state
 from fedtune.model.lora_layout import lora_a_digest, travelling_keys
 from fedtune.privacy.budget import ClientBudget, HostPolicy, Release, client_key
-from fedtune.privacy.ledger import Ledger, fingerprint
+from fedtune.privacy.ledger import Ledger
 from fedtune.protocol import (
     ARRAYS,
     CONFIG,
@@ -67,8 +67,9 @@ def train(msg: Message, context: Context) -> Message:
     run_key = str(config.get(RUN_KEY, context.run_id))
     charge_id = f"{run_key}/round-{server_round}"
     seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
-    privacy = _privacy(cfg, context, config, pid, rows)
-    decision = privacy.admit(run_key, charge_id, Release(msg.content[ARRAYS], config, seed, rank))
+    privacy = _privacy(cfg, context, config, pid, rows, labels)
+    release = Release(msg.content[ARRAYS], config, seed, rank, rows_digest(rows))
+    decision = privacy.admit(run_key, charge_id, release)
     if not decision.allowed:  # no update leaves the client; the reply says why
         context.state[PRIVACY] = privacy.state.to_record()
         metrics = _metrics(cfg, privacy, pid, rank, None, decision.epsilon_before)
@@ -115,11 +116,11 @@ def _data(msg: Message, context: Context, cfg: RunConfig, split: str = "train"):
 
 
 def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
-             rows) -> ClientBudget:
+             rows, labels: tuple[str, ...] = ()) -> ClientBudget:
     """This client's budget: its saved state (on a resumed run raised, never lowered, by the
     state the server checkpointed), its ledger on real hosts, and the host's own limits (node
     config ``max-epsilon``, ``max-delta``, ``require-dp``)."""
-    ledger = _ledger(cfg, context, rows) if cfg.dp_enabled else None
+    ledger = _ledger(cfg, context, rows, labels) if cfg.dp_enabled else None
     return ClientBudget.open(cfg, context.state.get(PRIVACY), len(rows), ledger,
                              key=client_key(cfg, context.node_config, context.node_id, pid),
                              config=config, policy=HostPolicy.from_node_config(context.node_config))
@@ -189,8 +190,11 @@ def _ledger_dir(cfg: RunConfig, context: Context) -> str:
     return str(context.node_config.get("ledger-dir") or cfg.ledger_dir)
 
 
-def _ledger(cfg: RunConfig, context: Context, rows) -> Ledger | None:
+def _ledger(cfg: RunConfig, context: Context, rows, labels: tuple[str, ...]) -> Ledger | None:
+    """The ledger of this client's database (a real host: its whole data file, whatever the
+    run's seed or the host's holdout), in the host's ledger folder; None without one."""
     folder = _ledger_dir(cfg, context)
     if not folder:
         return None
-    return Ledger.open(folder, fingerprint(*rows.ledger_rows()), len(rows))
+    fp = ledger_fingerprint(cfg, context.node_config, rows, labels)
+    return Ledger.open(folder, fp, len(rows))
