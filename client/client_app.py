@@ -20,7 +20,7 @@ from client.noise_seed import round_seed
 from client.rank import client_rank
 from client.trainer import LocalResult, train_local
 from fedtune.arrays import to_record, to_tensors
-from fedtune.config import RunConfig, from_run_config
+from fedtune.config import ConfigError, RunConfig, from_run_config
 from fedtune.console import quiet_libraries
 from fedtune.model.adapter import AdapterMismatchError, adapter_state, load_adapter_state
 from fedtune.model.lora_layout import lora_a_digest, travelling_keys
@@ -88,6 +88,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_(msg: Message, context: Context) -> Message:
     quiet_libraries()
     cfg = from_run_config(context.run_config)
+    if not cfg.client_evaluate:  # the run config's own check refuses this first; kept as a guard
+        raise ConfigError("client evaluation releases metrics of this host's held-out rows "
+                          "without DP; the run must set client-evaluate = true to ask for them")
     pid, rows, pad_id, labels = _data(msg, context, cfg, "eval")
     model = _model(msg, cfg, len(labels), "eval")
     metrics = task_for(cfg).evaluate(cfg, model, rows, pad_id, len(labels))
@@ -154,11 +157,17 @@ def _reply(msg: Message, metrics: MetricRecord, privacy: ClientBudget, *,
 
 def _metrics(cfg: RunConfig, privacy: ClientBudget, pid: int, rank: int,
              result: LocalResult | None, eps: float) -> MetricRecord:
-    """Everything a training reply says in numbers; ``result`` is None for a refusal."""
+    """Everything a training reply says in numbers; ``result`` is None for a refusal.
+
+    Under DP (``dp`` other than ``off``) no training loss is sent: it is computed on private
+    batches before any noise, so it is no DP output and would leak outside epsilon. Every value
+    here is listed in docs/privacy.md and in the privacy report."""
     state, n = privacy.state, privacy.n
+    loss = {} if cfg.dp != "off" else {
+        TRAIN_LOSS: result.train_loss if result is not None else 0.0}
     return MetricRecord({
         NUM_EXAMPLES: n if result is not None else 0,
-        TRAIN_LOSS: result.train_loss if result is not None else 0.0,
+        **loss,
         EPSILON: eps,
         DELTA: cfg.delta,
         NOISE_MULTIPLIER: state.noise_multiplier,
