@@ -14,18 +14,18 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.faults import fault_mod
-from client.local_data import client_rows
+from client.local_data import client_rows, ledger_fingerprint, rows_digest
 from client.mods import client_clipping_mod
 from client.noise_seed import round_seed
 from client.rank import client_rank
 from client.trainer import LocalResult, train_local
 from fedtune.arrays import to_record, to_tensors
-from fedtune.config import RunConfig, from_run_config
+from fedtune.config import ConfigError, RunConfig, from_run_config
 from fedtune.console import quiet_libraries
 from fedtune.model.adapter import AdapterMismatchError, adapter_state, load_adapter_state
 from fedtune.model.lora_layout import lora_a_digest, travelling_keys
 from fedtune.privacy.budget import ClientBudget, HostPolicy, Release, client_key
-from fedtune.privacy.ledger import Ledger, fingerprint
+from fedtune.privacy.ledger import Ledger
 from fedtune.protocol import (
     ARRAYS,
     CONFIG,
@@ -67,8 +67,9 @@ def train(msg: Message, context: Context) -> Message:
     run_key = str(config.get(RUN_KEY, context.run_id))
     charge_id = f"{run_key}/round-{server_round}"
     seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
-    privacy = _privacy(cfg, context, config, pid, rows)
-    decision = privacy.admit(run_key, charge_id, Release(msg.content[ARRAYS], config, seed, rank))
+    privacy = _privacy(cfg, context, config, pid, rows, labels)
+    release = Release(msg.content[ARRAYS], config, seed, rank, rows_digest(rows))
+    decision = privacy.admit(run_key, charge_id, release)
     if not decision.allowed:  # no update leaves the client; the reply says why
         context.state[PRIVACY] = privacy.state.to_record()
         metrics = _metrics(cfg, privacy, pid, rank, None, decision.epsilon_before)
@@ -87,6 +88,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_(msg: Message, context: Context) -> Message:
     quiet_libraries()
     cfg = from_run_config(context.run_config)
+    if not cfg.client_evaluate:  # the run config's own check refuses this first; kept as a guard
+        raise ConfigError("client evaluation releases metrics of this host's held-out rows "
+                          "without DP; the run must set client-evaluate = true to ask for them")
     pid, rows, pad_id, labels = _data(msg, context, cfg, "eval")
     model = _model(msg, cfg, len(labels), "eval")
     metrics = task_for(cfg).evaluate(cfg, model, rows, pad_id, len(labels))
@@ -115,11 +119,11 @@ def _data(msg: Message, context: Context, cfg: RunConfig, split: str = "train"):
 
 
 def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
-             rows) -> ClientBudget:
+             rows, labels: tuple[str, ...] = ()) -> ClientBudget:
     """This client's budget: its saved state (on a resumed run raised, never lowered, by the
     state the server checkpointed), its ledger on real hosts, and the host's own limits (node
     config ``max-epsilon``, ``max-delta``, ``require-dp``)."""
-    ledger = _ledger(cfg, context, rows) if cfg.dp_enabled else None
+    ledger = _ledger(cfg, context, rows, labels) if cfg.dp_enabled else None
     return ClientBudget.open(cfg, context.state.get(PRIVACY), len(rows), ledger,
                              key=client_key(cfg, context.node_config, context.node_id, pid),
                              config=config, policy=HostPolicy.from_node_config(context.node_config))
@@ -153,11 +157,17 @@ def _reply(msg: Message, metrics: MetricRecord, privacy: ClientBudget, *,
 
 def _metrics(cfg: RunConfig, privacy: ClientBudget, pid: int, rank: int,
              result: LocalResult | None, eps: float) -> MetricRecord:
-    """Everything a training reply says in numbers; ``result`` is None for a refusal."""
+    """Everything a training reply says in numbers; ``result`` is None for a refusal.
+
+    Under DP (``dp`` other than ``off``) no training loss is sent: it is computed on private
+    batches before any noise, so it is no DP output and would leak outside epsilon. Every value
+    here is listed in docs/privacy.md and in the privacy report."""
     state, n = privacy.state, privacy.n
+    loss = {} if cfg.dp != "off" else {
+        TRAIN_LOSS: result.train_loss if result is not None else 0.0}
     return MetricRecord({
         NUM_EXAMPLES: n if result is not None else 0,
-        TRAIN_LOSS: result.train_loss if result is not None else 0.0,
+        **loss,
         EPSILON: eps,
         DELTA: cfg.delta,
         NOISE_MULTIPLIER: state.noise_multiplier,
@@ -189,8 +199,11 @@ def _ledger_dir(cfg: RunConfig, context: Context) -> str:
     return str(context.node_config.get("ledger-dir") or cfg.ledger_dir)
 
 
-def _ledger(cfg: RunConfig, context: Context, rows) -> Ledger | None:
+def _ledger(cfg: RunConfig, context: Context, rows, labels: tuple[str, ...]) -> Ledger | None:
+    """The ledger of this client's database (a real host: its whole data file, whatever the
+    run's seed or the host's holdout), in the host's ledger folder; None without one."""
     folder = _ledger_dir(cfg, context)
     if not folder:
         return None
-    return Ledger.open(folder, fingerprint(*rows.ledger_rows()), len(rows))
+    fp = ledger_fingerprint(cfg, context.node_config, rows, labels)
+    return Ledger.open(folder, fp, len(rows))

@@ -179,8 +179,15 @@ class RunConfig:
                                     min=0, min_open=True, max=1)
     fraction_evaluate: float = setting(
         0.0,
-        "fraction of clients asked for federated evaluation (central evaluation always runs)",
+        "fraction of clients asked for federated evaluation (central evaluation always runs); "
+        "above 0 needs `client-evaluate = true`",
         min=0, max=1)
+    client_evaluate: bool = setting(
+        False,
+        "allow client-side evaluation (`fraction-evaluate` > 0): each sampled client scores the "
+        "global adapter on its own held-out rows and sends loss and accuracy **without DP**, "
+        "outside epsilon (see [privacy](privacy.md#what-epsilon-covers-what-is-released-the-"
+        "threat-model))")
     min_clients: int = setting(
         2, "minimum clients per round; fewer valid replies stops the run with an error", min=1)
     local_epochs: float = setting(
@@ -524,6 +531,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(not cfg.client_dp_enabled or cfg.aggregation == "fedavg", "dp", cfg.dp,
            "client-level DP (client | both) clips whole-adapter updates, so it needs "
            "aggregation = 'fedavg'")
+    _check(cfg.fraction_evaluate == 0 or cfg.client_evaluate, "fraction-evaluate",
+           cfg.fraction_evaluate,
+           "client evaluation releases metrics of each client's private held-out rows without "
+           "DP; set client-evaluate = true to allow it, or fraction-evaluate = 0")
     _check(not cfg.resume or bool(cfg.output_dir.strip()), "resume", cfg.resume,
            "resume = true needs 'output-dir' set to the run folder to continue")
     return cfg

@@ -156,16 +156,19 @@ class LoraStrategy(FedAvg):
                 f"below min-clients = {self.min_replies}. {reasons or 'No error was reported.'}"
             )
         weights = [float(r.metrics[self.weighted_by_key]) for r in accepted]
-        losses = [float(r.metrics[TRAIN_LOSS]) for r in accepted]
-        log_.train_loss = sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
+        # Only clients without DP send a training loss; under DP the round has none (null).
+        losses = [(w, float(r.metrics[TRAIN_LOSS])) for r, w in zip(accepted, weights, strict=True)
+                  if TRAIN_LOSS in r.metrics]
+        log_.train_loss = (sum(w * x for w, x in losses) / sum(w for w, _ in losses)
+                           if losses and sum(w for w, _ in losses) > 0 else None)
         # Summed in node order: the result does not depend on the order replies arrived in.
         items = sorted(((r.node, r.arrays, w) for r, w in zip(accepted, weights, strict=True)),
                        key=lambda x: x[0])
         arrays = self.aggregate(server_round, items)
         log_.released = True
         eps = [float(r.metrics[EPSILON]) for r in accepted]
-        metrics = MetricRecord({TRAIN_LOSS: log_.train_loss,
-                                EPSILON_MAX: max(eps) if eps else 0.0})
+        loss = {TRAIN_LOSS: log_.train_loss} if log_.train_loss is not None else {}
+        metrics = MetricRecord({**loss, EPSILON_MAX: max(eps) if eps else 0.0})
         if any(math.isinf(e) for e in eps):
             log(WARNING, "round %s: trained without DP (epsilon = inf)", server_round)
         return arrays, metrics

@@ -17,7 +17,9 @@ import numpy as np
 
 from fedtune.protocol import EPSILON, NUM_EXAMPLES, TRAIN_LOSS, Reply
 
-REQUIRED_METRICS = (TRAIN_LOSS, EPSILON)
+REQUIRED_METRICS = (EPSILON,)
+# Sent only without DP (a loss on private batches is no DP output); when sent, a finite number.
+OPTIONAL_METRICS = (TRAIN_LOSS,)
 
 
 def _number(value) -> float | None:
@@ -35,8 +37,14 @@ def _check_metrics(metrics: Mapping, weighted_by_key: str) -> str | None:
         value = _number(metrics.get(key))
         if value is None or math.isnan(value):
             return f"metric '{key}' missing or not a number ({metrics.get(key)!r})"
-    if not math.isfinite(float(metrics[TRAIN_LOSS])):
-        return f"non-finite metric '{TRAIN_LOSS}' ({metrics[TRAIN_LOSS]})"
+    for key in OPTIONAL_METRICS:
+        if key not in metrics:
+            continue
+        value = _number(metrics[key])
+        if value is None or math.isnan(value):
+            return f"metric '{key}' not a number ({metrics[key]!r})"
+        if not math.isfinite(value):
+            return f"non-finite metric '{key}' ({metrics[key]})"
     return None
 
 

@@ -16,7 +16,7 @@ def test_hetero_rank_run_end_to_end(tiny_model, toy_data, tmp_path):
         "target-epsilon": 8.0, "delta": 1e-3, "output-dir": str(tmp_path / "run"),
         "aggregation": "hetero-rank", "hetero-ranks": "2,4", "lora-r": 4,
         "server-optimizer": "fedavgm", "proximal-mu": 0.01, "max-update-norm": 1e4,
-        "accountant": "rdp", "fraction-evaluate": 1.0,
+        "accountant": "rdp", "fraction-evaluate": 1.0, "client-evaluate": True,
     }
     code = run_simulation(overrides, num_clients=3, workdir=tmp_path,
                           log_path=tmp_path / "log.txt", timeout_s=600)

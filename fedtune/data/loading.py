@@ -25,6 +25,9 @@ from fedtune.data.sources import (
 
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "review", "document")
 HOLDOUT_FRACTION = 0.1
+# A real host's holdout is the host's to fix (node config ``holdout-seed``), never the server's
+# ``seed``: the same file then always trains on the same rows, whatever run it joins.
+HOST_HOLDOUT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,9 @@ class Splits:
     labels: tuple[str, ...]
     source: str
     form: str = "labelled"  # causal-lm: "alpaca", "prompt-response" or "text"
+    # A real host's whole training source (texts, label names), read before any holdout: the
+    # protected database its privacy ledger is keyed by. Empty for the server's dataset.
+    database: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     @property
     def num_labels(self) -> int:
@@ -56,19 +62,32 @@ def _load_file(path: Path, setting: str = DATASET_SETTING) -> datasets.Dataset:
     return ds
 
 
-def _load_local(path: Path, cfg: RunConfig, setting: str
-                ) -> tuple[datasets.Dataset, datasets.Dataset, str] | None:
-    """(train, eval, source) from a folder of split files or a single file; None if no such path."""
+def _read_local(path: Path, cfg: RunConfig, setting: str
+                ) -> tuple[datasets.Dataset, datasets.Dataset | None, str] | None:
+    """(train, eval or None, source) from a folder of split files or a single file, before any
+    holdout; None if no such path."""
     if path.is_dir():
         train_path = train_file(path, cfg, setting)
         eval_file = split_file(path, cfg.eval_split)
         train = _load_file(train_path, setting)
-        if eval_file is None:
-            return *_holdout(train, cfg.seed), str(path.resolve())
-        return train, _load_file(eval_file, setting), str(path.resolve())
+        evaluation = _load_file(eval_file, setting) if eval_file is not None else None
+        return train, evaluation, str(path.resolve())
     if path.is_file():
-        return *_holdout(_load_file(path, setting), cfg.seed), str(path.resolve())
+        return _load_file(path, setting), None, str(path.resolve())
     return None
+
+
+def _load_local(path: Path, cfg: RunConfig, setting: str
+                ) -> tuple[datasets.Dataset, datasets.Dataset, str] | None:
+    """(train, eval, source) from a folder of split files or a single file; None if no such path.
+    Without an evaluation split, 10% is held out by ``seed`` (the server's own dataset)."""
+    read = _read_local(path, cfg, setting)
+    if read is None:
+        return None
+    train, evaluation, source = read
+    if evaluation is None:
+        return *_holdout(train, cfg.seed), source
+    return train, evaluation, source
 
 
 def load_raw(cfg: RunConfig) -> tuple[datasets.Dataset, datasets.Dataset, str]:
@@ -205,21 +224,30 @@ def check_node_data(data_path: str) -> Path:
     return path
 
 
-def load_node_data(cfg: RunConfig, data_path: str, labels: tuple[str, ...]) -> Splits:
+def load_node_data(cfg: RunConfig, data_path: str, labels: tuple[str, ...],
+                   holdout_seed: int = HOST_HOLDOUT_SEED) -> Splits:
     """A real host's own rows (node config ``data-path``), labelled in the server's label order.
 
-    Read with the same rules as ``dataset`` (a folder of split files, or one file with a seeded
-    10% held out for federated evaluation), but never shuffled or capped: every local row is the
-    client's database, in file order, so its privacy-ledger fingerprint stays stable. A label
-    outside the server's set is an error, not a new class.
+    Read with the same rules as ``dataset`` (a folder of split files, or one file with 10% held
+    out for federated evaluation), but never shuffled or capped: every local row is the client's
+    database. The holdout is fixed by the host (``holdout_seed``, node config ``holdout-seed``),
+    never by the server's ``seed``. ``database`` is the whole training source as read, before
+    any holdout: what the host's privacy ledger is keyed by. A label outside the server's set is
+    an error, not a new class.
     """
     path = check_node_data(data_path)
-    train, evaluation, source = _load_local(path, cfg, NODE_DATA_SETTING)
-    text_col = _text_column(train, cfg, source)
+    whole, evaluation, source = _read_local(path, cfg, NODE_DATA_SETTING)
+    text_col = _text_column(whole, cfg, source)
     index = {name: i for i, name in enumerate(labels)}
-    train = _standardise(train, text_col, cfg.label_column, index, source, cfg.train_split)
-    evaluation = _standardise(evaluation, text_col, cfg.label_column, index, source,
-                              cfg.eval_split)
+    whole = _standardise(whole, text_col, cfg.label_column, index, source, cfg.train_split)
+    database = (tuple(whole["text"]), tuple(labels[i] for i in whole["label"]))
+    if evaluation is None:
+        train, evaluation = _holdout(whole, holdout_seed)
+    else:
+        train = whole
+        evaluation = _standardise(evaluation, text_col, cfg.label_column, index, source,
+                                  cfg.eval_split)
     if len(train) == 0:
         raise ConfigError(f"{NODE_DATA_SETTING}: {source} has no training rows; {NODE_DATA_FIX}")
-    return Splits(train=train, eval=evaluation, labels=tuple(labels), source=source)
+    return Splits(train=train, eval=evaluation, labels=tuple(labels), source=source,
+                  database=database)

@@ -109,7 +109,40 @@ def _sample_level_lines(report: dict[str, Any]) -> list[str]:
     return lines + _crosscheck_note(report)
 
 
-def render(report: dict[str, Any]) -> str:
+def _released_lines(report: dict[str, Any], client_evaluate: bool | None) -> list[str]:
+    """Every value a client's replies carry, and what protects it (docs/privacy.md lists the
+    same)."""
+    dp = report.get("dp", "sample")
+    adapter = ("a DP output (sample-level DP-SGD; aggregating it is post-processing)"
+               if dp in ("sample", "both") else
+               "clipped for client-level DP, noised by the server (user-level DP only)"
+               if dp == "client" else "**unprotected** (no DP)")
+    loss = ("not sent: a loss of private batches is no DP output" if dp != "off" else
+            "sent, **unprotected** (no DP)")
+    evaluation = {True: "released (`client-evaluate = true`), **without DP**",
+                  False: "not released (`client-evaluate = false`)",
+                  None: "released only with `client-evaluate = true`, **without DP**"}
+    return [
+        "", "## What each client released", "",
+        "Epsilon covers the adapter updates only. Everything else a client sends is listed here.",
+        "",
+        f"- the adapter update (LoRA weights, and the head for seq-cls): {adapter}",
+        "- `num-examples`, `dataset-size`, `sample-rate` (q = batch size / n): public by design; "
+        "they reveal the client's dataset size n",
+        "- `noise-multiplier` (sigma), `epsilon`, `delta`, `steps`, `total-steps`, "
+        "`rounds-trained`, `rounds-refused`, `unit-weight`, the accountant history (sigma, q, "
+        "steps per round) and a refusal's reason: public by design (functions of n, the "
+        "settings and the schedule)",
+        "- `partition-id` (a label on real hosts) and `lora-r` (this client's rank): public by "
+        "design",
+        f"- `train-loss`: {loss}",
+        "- client evaluation metrics (loss, accuracy / macro-F1 or perplexity, and the number "
+        f"of held-out rows) on the client's private held-out rows: "
+        f"{evaluation[client_evaluate]}",
+    ]
+
+
+def render(report: dict[str, Any], client_evaluate: bool | None = None) -> str:
     sample_level = sample_level_dp(report)
     lines = _sample_level_lines(report) if sample_level else _no_dp_lines(report)
     refusals = [(c["partition_id"], r) for c in report["clients"]
@@ -141,6 +174,7 @@ def render(report: dict[str, Any]) -> str:
             f"- **user-level epsilon {_f(level['epsilon'])}** at delta {level['delta']:g} "
             f"(RDP; dp-accounting RDP check {_f(level.get('crosscheck_rdp_epsilon'))})",
         ]
+    lines += _released_lines(report, client_evaluate)
     if sample_level:
         lines += ["", "![epsilon per round](epsilon.png)", ""]
     else:
@@ -156,5 +190,8 @@ def write_human_report(privacy_dir: str | Path, report: dict[str, Any] | None = 
     privacy_dir = Path(privacy_dir)
     if report is None:
         report = json.loads((privacy_dir / "report.json").read_text())
-    write_text(privacy_dir / "report.md", render(report))
+    config_path = privacy_dir.parent / "config.json"  # the run folder's, when there is one
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    evaluated = bool(config.get("client-evaluate")) if "client-evaluate" in config else None
+    write_text(privacy_dir / "report.md", render(report, evaluated))
     epsilon_png(privacy_dir / "epsilon.png", report)

@@ -187,12 +187,14 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
 class Release:
     """What the ClientApp was sent and trains with this round, beyond its run settings: the
     global adapter as received, the round's config, the seed of its noise and sampling, its
-    LoRA rank. With the client's data, schedule position and noise these determine the update."""
+    LoRA rank, the digest of the rows it trains on, in order (the ledger's key is the records
+    as a set). With the schedule position and noise these determine the update."""
 
     arrays: ArrayRecord
     config: Mapping[str, Any]
     seed: int
     rank: int
+    rows: str = ""
 
 
 class ClientBudget:
@@ -325,6 +327,7 @@ class ClientBudget:
         doc = {
             "model": arrays_sha256(from_record(release.arrays)),
             "data": self.ledger.fingerprint if self.ledger is not None else "",
+            "rows": release.rows,
             "num-examples": self.n,
             "config": {k: repr(v) for k, v in release.config.items() if k != RESUME_PRIVACY},
             "seed": int(release.seed),

@@ -1,8 +1,9 @@
 """A client's privacy ledger on its own disk: what its dataset has spent, across rounds and runs.
 
 ``context.state`` forgets everything when a run ends (and on real hosts when a SuperNode restarts);
-the budget belongs to the *data*, so the ledger is keyed by a fingerprint of the client's rows and
-lives in ``ledger-dir`` on the client's host. A round's spend is charged *before* the client trains
+the budget belongs to the *data*, so the ledger is keyed by a fingerprint of the client's records
+(on a real host its whole data file, before any holdout; :func:`fingerprint`) and lives in
+``ledger-dir`` on the client's host. A round's spend is charged *before* the client trains
 and releases its update, with an atomic write: a crash at any point leaves the ledger at or above
 what was released, never below.
 
@@ -27,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +41,17 @@ from fedtune.protocol import History
 LEDGER_VERSION = 1
 
 
-def fingerprint(texts: list[str], labels: list[int]) -> str:
-    """SHA-256 over the rows in order: the same local data gives the same ledger file."""
-    h = hashlib.sha256()
-    for text, label in zip(texts, labels, strict=True):
-        h.update(text.encode("utf-8"))
-        h.update(b"\x1f")
-        h.update(str(int(label)).encode())
-        h.update(b"\x1e")
+def fingerprint(texts: Iterable[str], labels: Iterable[Any]) -> str:
+    """SHA-256 over the *multiset* of records (text, label): the same records give the same
+    ledger file, in any order and whatever run reads them. Each record is hashed on its own and
+    the hashes are sorted before they are combined, so shuffling rows, a new ``seed`` or another
+    holdout of the same file never opens a fresh ledger. A record added, removed or edited does:
+    see docs/privacy.md for what a host must do when its data changes."""
+    rows = sorted(hashlib.sha256(text.encode("utf-8") + b"\x1f" + str(label).encode()).digest()
+                  for text, label in zip(texts, labels, strict=True))
+    h = hashlib.sha256(b"fedtune-records-v2\x1e")
+    for row in rows:
+        h.update(row)
     return h.hexdigest()
 
 
