@@ -35,7 +35,8 @@ from strategies.round_log import RoundLog
 
 # Settings a resumed run may change; every other one must match the run's config.json.
 MAY_CHANGE = {"resume", "num-server-rounds", "round-timeout", "min-clients", "output-dir",
-              "eval-batch-size", "client-threads", "fraction-evaluate"}
+              "eval-batch-size", "client-threads", "fraction-evaluate",
+              "client-evaluate"}
 
 
 def state_writer(server_round: int, arrays: dict[str, np.ndarray],

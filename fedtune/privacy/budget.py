@@ -49,8 +49,8 @@ TOLERANCE = 1e-9
 # enters through the planned rounds (the noise plan and the lr schedule) instead.
 NOT_IN_UPDATE = frozenset({
     "resume", "output-dir", "round-timeout", "min-clients", "fraction-train",
-    "fraction-evaluate", "eval-batch-size", "max-eval-samples", "eval-split", "client-threads",
-    "ledger-dir", "fault-injection", "num-server-rounds",
+    "fraction-evaluate", "client-evaluate", "eval-batch-size", "max-eval-samples", "eval-split",
+    "client-threads", "ledger-dir", "fault-injection", "num-server-rounds",
 })
 
 
