@@ -136,9 +136,11 @@ def test_the_noise_secret_is_64_hex_characters_written_whole(tmp_path, monkeypat
 
 # --- item 13: an empty Poisson batch still adds noise -------------------------------------------
 
-def test_an_empty_poisson_batch_takes_a_noise_only_step(setup, monkeypatch):
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_an_empty_poisson_batch_takes_a_noise_only_step(setup, monkeypatch, mode):
     """Every batch empty: each step still noises every trainable tensor and is accounted once."""
     cfg, rows, pad = setup
+    cfg = dataclasses.replace(cfg, grad_sample_mode=mode)
     monkeypatch.setattr(trainer, "_batches", lambda loader, steps: iter([{}] * steps))
     torch.manual_seed(0)
     model = build_model(cfg, 2)
