@@ -17,6 +17,7 @@ backward pass, which pays off for large layers (and on GPUs), not for small LoRA
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -175,16 +176,39 @@ def _proximal_pull(params, anchor, rate: float) -> None:
             p.sub_(rate * (p - a))
 
 
-def _noise_generator(params, seed: int) -> torch.Generator:
+def _noise_generator(params, seed: int, reproducible: bool) -> torch.Generator:
     """The generator Opacus draws the noise with: its own stream, on the weights' device.
 
-    ``torch.normal`` refuses a CPU generator for CUDA tensors (and Opacus does not move it); and
-    a stream apart from the Poisson sampler's, seeded differently, keeps the sampled batches
-    independent of the noise draws (the DP analysis assumes independent randomness) and the same
-    as the no-DP Poisson baseline's.
+    By default (``reproducible-noise = false``) it is seeded from OS entropy, never from
+    ``seed``: the server knows the run's seed, the partition and the round (they are in the run
+    folder), and whoever can regenerate the noise can subtract it from the update, and DP is
+    gone. ``reproducible-noise = true`` derives it from ``seed`` instead, for tests and
+    benchmarks that compare runs bit for bit. Either way it is a stream apart from the Poisson
+    sampler's (which stays seeded: reproducible batches), so the sampled batches do not depend on
+    the noise draws (the DP analysis assumes independent randomness) and are the same as the
+    no-DP Poisson baseline's. ``torch.normal`` refuses a CPU generator for CUDA tensors (and
+    Opacus does not move it). Torch's generator is a Mersenne Twister / Philox, not a CSPRNG:
+    its seed is secret, its output is not cryptographically unpredictable (Opacus's
+    ``secure_mode`` would need ``torchcsprng``, which no longer builds for current torch).
     """
-    noise_seed = int.from_bytes(hashlib.sha256(f"dp-noise/{seed}".encode()).digest()[:8], "little")
+    if reproducible:
+        noise_seed = int.from_bytes(hashlib.sha256(f"dp-noise/{seed}".encode()).digest()[:8],
+                                    "little")
+    else:
+        noise_seed = secrets.randbits(63)
     return torch.Generator(device=params[0].device).manual_seed(noise_seed)
+
+
+def _noise_only_step(optimizer, params) -> None:
+    """An empty Poisson batch under DP: still one noised step, as Opacus takes for an empty
+    batch (zero per-sample gradients, so the update is noise of the same std on every trainable
+    tensor); the accountant's hook counts it once. Skipping it would leave the step in the
+    accounting but out of the mechanism: an empty batch the adversary can see (no update) leaks
+    (about q(1-q)^n of extra delta per step)."""
+    for p in params:
+        p.grad = torch.zeros_like(p)  # ghost clipping accumulates p.grad
+        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+    optimizer.step()
 
 
 def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
@@ -222,7 +246,7 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
             noise_multiplier=state.noise_multiplier,
             max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=_noise_generator(params, seed),
+            noise_generator=_noise_generator(params, seed, cfg.reproducible_noise),
             grad_sample_mode=cfg.grad_sample_mode,
         )
         if cfg.grad_sample_mode == "ghost":
@@ -241,10 +265,12 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
         for batch in _batches(loader, steps):
             schedule()
             if _is_empty(batch):
-                # Nothing to learn from, but the step still counts against the budget.
+                # Nothing to learn from, but under DP the step still adds noise (and counts).
                 if engine is not None:
-                    engine.accountant.step(noise_multiplier=state.noise_multiplier,
-                                           sample_rate=sample_rate(n, cfg.batch_size))
+                    optimizer.zero_grad(set_to_none=True)
+                    _noise_only_step(optimizer, params)
+                    if anchor is not None:
+                        _proximal_pull(params, anchor, cfg.lr * cfg.proximal_mu)
                 continue
             optimizer.zero_grad(set_to_none=True)
             batch = {k: v.to(device) for k, v in batch.items()}

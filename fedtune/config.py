@@ -241,6 +241,12 @@ class RunConfig:
         "rounds the noise is calibrated for (0 = `num-server-rounds`); a client asked for more "
         "refuses once its budget is spent",
         min=0, note=" (0 = num-server-rounds)")
+    reproducible_noise: bool = setting(
+        False,
+        "`false` (default): each client's DP noise comes from OS entropy, a stream apart from its "
+        "seeded Poisson sampling, so nobody can regenerate it; `true`: the noise follows from "
+        "`seed` too (tests and benchmarks only: anyone with the run folder can regenerate the "
+        "noise and subtract it; the privacy report says so)")
     ledger_dir: str = setting(
         "",
         "folder for the clients' on-disk privacy ledgers in a simulation (on real hosts: "
@@ -274,7 +280,9 @@ class RunConfig:
 
     # --- the run ---
     seed: int = setting(
-        42, "seeds shuffling, partitions, initial adapter, client sampling and DP noise", min=0)
+        42,
+        "seeds shuffling, partitions, initial adapter, client and Poisson sampling (and the DP "
+        "noise only with `reproducible-noise`)", min=0)
     output_dir: str = setting(
         "",
         "run folder; empty = `runs/<timestamp>`; an existing run is never overwritten (use "

@@ -266,10 +266,12 @@ def _charges(folder) -> list[dict]:
 
 def test_a_replayed_round_with_other_inputs_is_charged(base_config, tmp_path):
     """Round 1 sent again: the same model again is free (the same update comes back); another
-    model, or the same round at another schedule position, is a new release and is charged."""
+    model, or the same round at another schedule position, is a new release and is charged.
+    Reproducible noise: only then is a replay the same release (with secret noise every replay is
+    charged: tests/test_secret_noise.py)."""
     ledger_dir = tmp_path / "ledger"
     overrides = {**base_config, "num-server-rounds": 4, "lora-r": 4, "accountant": "rdp",
-                 "ledger-dir": str(ledger_dir)}
+                 "ledger-dir": str(ledger_dir), "reproducible-noise": True}
     cfg = from_run_config(overrides)
     labels = list(load_splits(cfg).labels)
     model = task_for(cfg).seeded_model(cfg, len(labels))

@@ -4,7 +4,9 @@ Run A goes straight through 3 rounds; client 1 raises in round 2 (``fault-inject
 ``min-clients = 2`` the round completes without it. Run B is the same run with ``min-clients = 3``:
 round 2 falls below the minimum and the run stops, after clients 0 and 2 had already been charged
 for round 2 and had released their updates. Run C resumes B with ``min-clients = 2``. C must not
-charge anyone twice, and its report, ledgers, metrics and final adapter must match A's.
+charge anyone twice, and its report, ledgers, metrics and final adapter must match A's. All three
+use ``reproducible-noise``: a bit-for-bit comparison needs the same noise, and only a replay of
+the same noise is the same release, which is free (with secret noise it is charged again).
 """
 
 import json
@@ -31,7 +33,7 @@ def runs(tiny_model, toy_data, tmp_path_factory):
     work = tmp_path_factory.mktemp("resume")
     base = {"model": str(tiny_model), "dataset": str(toy_data), "max-length": 32,
             "batch-size": 16, "lr": 0.01, "target-epsilon": 4.0, "delta": 1e-3,
-            "num-server-rounds": 3, "fault-injection": "1:2:raise"}
+            "num-server-rounds": 3, "fault-injection": "1:2:raise", "reproducible-noise": True}
     a = {**base, "output-dir": str(work / "a"), "ledger-dir": str(work / "ledgers-a")}
     code, log = _run(a, work, "a")
     assert code == 0, log[-4000:]

@@ -89,6 +89,7 @@ def _sample_level_lines(report: dict[str, Any]) -> list[str]:
         f"- DP mode: `{report['dp']}`; accountant: `{report['accountant']}`",
         f"- target epsilon per client: {report['target_epsilon']:g} at delta "
         f"{report['delta']:g}; clipping norm C = {report['max_grad_norm']:g}",
+        *([f"- noise: {report['noise']}"] if report.get("noise") else []),
         _guarantee(report),
         "",
         "Sample-level (record-level) DP: each client's local dataset is the protected database; "
@@ -167,6 +168,7 @@ def render(report: dict[str, Any], client_evaluate: bool | None = None) -> str:
             f"- clipping: {level['side']} side, norm {level['clipping_norm']:g}; noise "
             f"multiplier {level['noise_multiplier']:g}",
             f"- client sampling rate {_f(level['sample_rate'], 4)}, rounds {level['rounds']}",
+            *([f"- client sampling: {level['sampling']}"] if level.get("sampling") else []),
             *([f"- the clipped sum is divided by the m = {level['denominator']} clients "
                "sampled (a client that did not reply adds zero) and noised before the server "
                f"optimiser (`{level.get('server_optimizer', 'none')}`)"]

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -322,7 +323,9 @@ class ClientBudget:
         """SHA-256 over everything that determines this round's update: the global adapter
         received, the data (ledger fingerprint), the schedule position (server round in the
         config, rounds trained, planned rounds), the noise and every setting that changes
-        training. Equal digests mean the identical update, which may be released again."""
+        training. Equal digests mean the identical update, which may be released again; with
+        secret noise (``reproducible-noise = false``) no two digests are equal, so a replayed
+        round is always charged."""
         steps = steps_per_round(self.n, self.cfg.batch_size, self.cfg.local_epochs)
         doc = {
             "model": arrays_sha256(from_record(release.arrays)),
@@ -337,6 +340,9 @@ class ClientBudget:
             "planned-rounds": planned_rounds(self.cfg),
             "noise-multiplier": self.state.noise_multiplier,
             "sample-rate": self.q,
+            # Secret noise (the default) is drawn afresh from OS entropy on every try: a replay
+            # releases a different update, so its digest never matches and it is charged again.
+            "noise": "reproducible" if self.cfg.reproducible_noise else secrets.token_hex(16),
             "settings": {k: v for k, v in self.cfg.to_dict().items() if k not in NOT_IN_UPDATE},
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=repr).encode()).hexdigest()

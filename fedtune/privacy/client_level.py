@@ -20,6 +20,11 @@ from dp_accounting import rdp
 from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.crosscheck import dp_event
 
+SAMPLING_APPROXIMATION = (
+    "approximation: Flower samples a fixed number m of the N clients each round; this is "
+    "accounted as Poisson sampling at rate m/N, the usual approximation (exact when m = N)")
+SAMPLING_EXACT = "exact: every client is sampled each round (m = N, rate 1, no amplification)"
+
 
 def client_level_report(*, noise_multiplier: float, clipping_norm: float, sampled: int,
                         population: int, rounds: int, delta: float, side: str,
@@ -43,6 +48,7 @@ def client_level_report(*, noise_multiplier: float, clipping_norm: float, sample
         "noise_before_server_optimizer": True,
         "population": population,
         "sample_rate": q,
+        "sampling": SAMPLING_EXACT if sampled >= population else SAMPLING_APPROXIMATION,
         "rounds": rounds,
         "delta": delta,
         "accountant": "rdp",

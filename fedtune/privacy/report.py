@@ -34,6 +34,15 @@ _REPLY_KEYS = (PARTITION_ID, DATASET_SIZE, NOISE_MULTIPLIER, SAMPLE_RATE, TOTAL_
                ROUNDS_TRAINED, EPSILON)
 
 
+NOISE_SECRET = (
+    "secret (OS entropy): each client seeds its DP noise generator from OS entropy, apart from "
+    "its seeded Poisson sampling; torch's generator is not a CSPRNG (Opacus secure_mode, which "
+    "needs torchcsprng, is off)")
+NOISE_REPRODUCIBLE = (
+    "reproducible from seed (test/benchmark setting: anyone with the run folder can regenerate "
+    "it)")
+
+
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -147,6 +156,8 @@ def build_report(cfg: RunConfig, partitions: list[dict], rounds: dict[int, Any],
         "delta": cfg.delta,
         "accountant": cfg.accountant,
         "max_grad_norm": cfg.max_grad_norm,
+        "reproducible_noise": cfg.reproducible_noise,
+        "noise": NOISE_REPRODUCIBLE if cfg.reproducible_noise else NOISE_SECRET,
         "max_epsilon": (max(bounds) if bounds else 0.0) if cfg.dp_enabled else None,
         "max_epsilon_reported": (max(eps) if eps else 0.0) if cfg.dp_enabled else None,
         "rounds": max(rounds) if rounds else 0,
