@@ -159,8 +159,9 @@ class LoraStrategy(FedAvg):
         # Only clients without DP send a training loss; under DP the round has none (null).
         losses = [(w, float(r.metrics[TRAIN_LOSS])) for r, w in zip(accepted, weights, strict=True)
                   if TRAIN_LOSS in r.metrics]
-        log_.train_loss = (sum(w * x for w, x in losses) / sum(w for w, _ in losses)
-                           if losses and sum(w for w, _ in losses) > 0 else None)
+        loss_weight = sum(w for w, _ in losses)
+        log_.train_loss = (sum(w * x for w, x in losses) / loss_weight if loss_weight > 0
+                           else None)
         # Summed in node order: the result does not depend on the order replies arrived in.
         items = sorted(((r.node, r.arrays, w) for r, w in zip(accepted, weights, strict=True)),
                        key=lambda x: x[0])
