@@ -37,6 +37,7 @@ from fedtune.protocol import (
     LORA_R,
     METRICS,
     NOISE_MULTIPLIER,
+    OPTIMIZER_STATE,
     NUM_EXAMPLES,
     PARTITION_ID,
     PRIVACY,
@@ -75,9 +76,12 @@ def train(msg: Message, context: Context) -> Message:
         metrics = _metrics(cfg, privacy, pid, rank, None, decision.epsilon_before)
         return _reply(msg, metrics, privacy, refusal=decision.reason)
     model = _model(msg, cfg, len(labels), "train", rank)
-    result = train_local(model, rows, pad_id, cfg, privacy.state, seed=seed)
+    result = train_local(model, rows, pad_id, cfg, privacy.state, seed=seed,
+                         optimizer_state=_moments(context, cfg))
     privacy.finish(result.steps)
     context.state[PRIVACY] = privacy.state.to_record()
+    if result.optimizer_state:  # stays in this node's state; the reply carries the adapter only
+        context.state[OPTIMIZER_STATE] = to_record(result.optimizer_state)
     weights = adapter_state(model)
     sent = {k: weights[k] for k in travelling_keys(weights, cfg.aggregation)}
     metrics = _metrics(cfg, privacy, pid, rank, result, privacy.epsilon)
@@ -127,6 +131,15 @@ def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
     return ClientBudget.open(cfg, context.state.get(PRIVACY), len(rows), ledger,
                              key=client_key(cfg, context.node_config, context.node_id, pid),
                              config=config, policy=HostPolicy.from_node_config(context.node_config))
+
+
+def _moments(context: Context, cfg: RunConfig) -> dict | None:
+    """The AdamW moments this node kept from its previous round of this run (``optimizer-state =
+    keep``). Flower keeps ``context.state`` per node and run: across rounds in a simulation and
+    on a real host's SuperNode; a resumed run is a new run and starts Adam afresh."""
+    if cfg.optimizer_state != "keep" or OPTIMIZER_STATE not in context.state:
+        return None
+    return to_tensors(context.state[OPTIMIZER_STATE])
 
 
 def _model(msg: Message, cfg: RunConfig, num_labels: int, split: str, rank: int | None = None):

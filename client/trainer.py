@@ -38,6 +38,52 @@ class LocalResult:
     steps: int
     num_examples: int
     samples: int = 0  # rows actually trained on (Poisson batches vary in size)
+    # AdamW's moments after the round, by parameter name (``optimizer-state = keep``); never sent
+    optimizer_state: dict[str, torch.Tensor] | None = None
+
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def save_moments(optimizer, model) -> dict[str, torch.Tensor]:
+    """AdamW's per-parameter state as flat named tensors (``<param>/exp_avg``, ``/exp_avg_sq``,
+    ``/step``): a form that travels through Flower's ``context.state`` (an ArrayRecord).
+
+    Under DP the moments are functions of the noised gradients only, so keeping them is
+    post-processing: it spends no privacy. They stay on the client (the reply carries the adapter
+    alone)."""
+    inner = getattr(optimizer, "original_optimizer", optimizer)
+    model = getattr(model, "_module", model)  # names as the PEFT model has them, not Opacus's
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    out = {}
+    for p, state in inner.state.items():
+        name = names.get(id(p))
+        if name is None or "exp_avg" not in state:
+            continue
+        for key in MOMENTS:
+            out[f"{name}/{key}"] = state[key].detach().cpu().clone()
+        out[f"{name}/step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1).cpu()
+    return out
+
+
+def load_moments(optimizer, model, saved: dict[str, torch.Tensor] | None) -> bool:
+    """Restore :func:`save_moments` into a fresh AdamW (not its learning rates: the schedule owns
+    those). All or nothing: a state that does not fit every trainable tensor (another rank, a
+    changed model) is dropped and the round starts Adam afresh."""
+    if not saved:
+        return False
+    model = getattr(model, "_module", model)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for name, p in params:
+        if any(f"{name}/{k}" not in saved or saved[f"{name}/{k}"].shape != p.shape
+               for k in MOMENTS):
+            return False
+    for name, p in params:
+        optimizer.state[p] = {
+            "step": torch.tensor(float(saved[f"{name}/step"].reshape(-1)[0])),
+            **{k: saved[f"{name}/{k}"].to(p.device, p.dtype).clone() for k in MOMENTS},
+        }
+    return True
 
 
 def _batches(loader, steps: int):
@@ -212,14 +258,18 @@ def _noise_only_step(optimizer, params) -> None:
 
 
 def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
-                state: PrivacyState, seed: int, *, poisson: bool | None = None) -> LocalResult:
+                state: PrivacyState, seed: int, *, poisson: bool | None = None,
+                optimizer_state: dict[str, torch.Tensor] | None = None) -> LocalResult:
     """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps.
 
     ``dataset`` and the loss are the task's (``tasks/registry``); everything about privacy is
     the same for every task. ``poisson`` makes the non-private baseline draw Opacus's Poisson
     batches too (DP always does): both then see the same batches from the same seed, which is
     what a fair DP-overhead measurement needs (the throughput benchmark). By default, without
-    DP, batches are shuffled.
+    DP, batches are shuffled. ``optimizer_state`` (the previous round's AdamW moments, under
+    ``optimizer-state = keep``) continues Adam where this client left it: restarted each round,
+    Adam's first steps are about ``lr * sign(gradient)``, and under DP noise that sign is mostly
+    noise (the notes on issue 14).
     """
     task = task_for(cfg)
     n = len(dataset)
@@ -231,6 +281,8 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     anchor = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
+    if cfg.optimizer_state == "keep":
+        load_moments(optimizer, model, optimizer_state)
     poisson = cfg.dp_enabled if poisson is None else poisson or cfg.dp_enabled
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not poisson,
                         collate_fn=task.collator(pad_token_id), generator=generator)
@@ -284,7 +336,8 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
         if engine is not None:
             state.history = merge_history(engine.accountant.history)
             model._close()  # drop Opacus hooks; the PEFT model lives on without them
+    moments = save_moments(optimizer, model) if cfg.optimizer_state == "keep" else None
     return LocalResult(
         train_loss=sum(losses) / max(len(losses), 1), steps=steps, num_examples=n,
-        samples=samples,
+        samples=samples, optimizer_state=moments,
     )

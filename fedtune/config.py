@@ -23,6 +23,8 @@ from typing import Any
 TASKS = ("seq-cls", "causal-lm")
 PROMPT_TEMPLATES = ("alpaca", "plain")
 PRECISIONS = ("auto", "fp32", "bf16")
+POOLINGS = ("auto", "mean", "cls", "pooler")
+OPTIMIZER_STATES = ("keep", "reset")
 AGGREGATIONS = ("fedavg", "ffa", "hetero-rank")
 SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
 DP_MODES = ("off", "sample", "client", "both")
@@ -115,6 +117,13 @@ class RunConfig:
         128,
         "truncation length in tokens; batches are padded to their longest row, not to this",
         min=8, max=8192)
+    pooling: str = setting(
+        "auto",
+        "`seq-cls`: the feature the head classifies: `auto` = the base model's own pooling when "
+        "it declares one (sentence-transformers' `modules.json`: mean or [CLS]), else `pooler` "
+        "(the architecture's standard head, e.g. BERT's [CLS] -> dense -> tanh); `mean` (of the "
+        "token states), `cls` ([CLS] token state). The head starts at zero",
+        choices=POOLINGS)
     max_train_samples: int = setting(
         0, "rows of the (seed-shuffled) training split used in total, 0 = all", min=0)
     max_eval_samples: int = setting(
@@ -210,6 +219,12 @@ class RunConfig:
         "`constant`",
         choices=LR_SCHEDULES)
     weight_decay: float = setting(0.0, "AdamW weight decay", min=0)
+    optimizer_state: str = setting(
+        "keep",
+        "`keep`: each client continues its AdamW moments from its previous round (kept on the "
+        "client, never sent; post-processing of its DP outputs, so free in privacy); `reset`: "
+        "a fresh AdamW every round",
+        choices=OPTIMIZER_STATES)
 
     # --- privacy ---
     dp: str = setting(

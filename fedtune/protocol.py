@@ -24,6 +24,8 @@ CONFIG = "config"  # the round's settings (server -> client)
 METRICS = "metrics"  # the reply's numbers (client -> server)
 PRIVACY = "privacy"  # the client's privacy state, PrivacyState.to_record (client -> server)
 REFUSAL = "refusal"  # a privacy-budget refusal: {"reason"}, sent instead of arrays
+# Client-local only (``context.state``), never in a message: the AdamW moments kept across rounds.
+OPTIMIZER_STATE = "optimizer-state"
 
 # --- the round's config (server -> client) ---------------------------------------------------
 SERVER_ROUND = "server-round"  # set by Flower's strategies

@@ -16,5 +16,15 @@ def test_macro_f1_matches_a_hand_computation():
     assert macro_f1(confusion) == pytest.approx(sum(f1) / 3)
 
 
-def test_macro_f1_of_a_missing_class_counts_as_zero():
-    assert macro_f1(torch.tensor([[3, 0], [0, 0]])) == pytest.approx(0.5)
+def test_macro_f1_counts_a_label_never_predicted_as_zero():
+    # label 1 occurs twice and is never predicted: F1 0; label 0: p = 3/5, r = 1
+    assert macro_f1(torch.tensor([[3, 0], [2, 0]])) == pytest.approx((2 * 0.6 / 1.6 + 0) / 2)
+
+
+def test_macro_f1_leaves_out_labels_absent_from_rows_and_predictions():
+    # as scikit-learn's macro average: label 2 neither occurs nor is predicted (TREC-50's test
+    # split lacks 8 of its 50 labels)
+    confusion = torch.tensor([[3, 1, 0], [0, 4, 0], [0, 0, 0]])
+    with_two = macro_f1(confusion[:2, :2])
+    assert macro_f1(confusion) == pytest.approx(with_two)
+    assert macro_f1(torch.zeros(3, 3, dtype=torch.long)) == 0.0

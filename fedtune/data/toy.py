@@ -27,6 +27,22 @@ def make_tiny_bert(folder: Path) -> Path:
     return folder
 
 
+def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean") -> Path:
+    """The tiny BERT saved the way sentence-transformers saves a model: ``modules.json`` naming a
+    Pooling module whose ``config.json`` declares ``pooling`` (``mean`` or ``cls``)."""
+    make_tiny_bert(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+    ]))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False}))
+    return folder
+
+
 def toy_rows(n: int, seed: int, num_labels: int = 2) -> list[dict]:
     """Sentences labelled by the one sentiment word among filler words (learnable, not trivial)."""
     rng = random.Random(seed)

@@ -9,12 +9,13 @@ import zlib
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from fedtune.config import ConfigError, RunConfig
 from fedtune.model.lora_targets import resolve_targets
 from fedtune.model.paths import resolve_model_path
+from fedtune.model.pooling import PooledClassifier, read_head_config, resolve_pooling, zero_head
 from fedtune.model.precision import resolve_device
 
 
@@ -26,13 +27,55 @@ def load_tokenizer(cfg: RunConfig):
 
 
 def build_model(cfg: RunConfig, num_labels: int) -> PeftModel:
-    """Base model with a fresh ``num_labels`` head, wrapped with LoRA; only LoRA + head train.
+    """Base model with a fresh, zero ``num_labels`` head on the ``pooling`` feature, wrapped with
+    LoRA; only LoRA + head train.
 
     The model lives on ``device``. The result is in train mode: Opacus needs that for its hooks,
     and ``from_pretrained`` leaves models in eval mode.
     """
-    base = load_base(AutoModelForSequenceClassification, cfg, num_labels=num_labels)
-    return wrap_with_lora(base, cfg, TaskType.SEQ_CLS)
+    return wrap_with_lora(classifier_base(cfg, num_labels), cfg, TaskType.SEQ_CLS)
+
+
+def classifier_base(cfg: RunConfig, num_labels: int, pooling: str | None = None):
+    """The un-adapted classifier: the architecture's own head (``pooler``), or the plain encoder
+    with a linear head on the mean / [CLS] token state (``model/pooling``)."""
+    pooling = pooling or resolve_pooling(cfg.pooling, resolve_model_path(cfg.model))
+    if pooling == "pooler":
+        # A checkpoint that already has a head of another size (a fine-tuned classifier) loads
+        # too: the head is replaced by a zero one either way.
+        base = load_base(AutoModelForSequenceClassification, cfg, num_labels=num_labels,
+                         ignore_mismatched_sizes=True)
+        zero_head(standard_head(base))
+        return base
+    return PooledClassifier(load_base(AutoModel, cfg), num_labels, pooling)
+
+
+def standard_head(model):
+    """The last linear layer of an architecture's classification head (BERT ``classifier``,
+    RoBERTa ``classifier.out_proj``, decoders ``score``)."""
+    head = getattr(model, "classifier", None) or getattr(model, "score", None)
+    head = getattr(head, "out_proj", head)
+    if not isinstance(head, torch.nn.Linear):
+        raise ConfigError(f"run-config key 'pooling': {type(model).__name__} has no linear "
+                          "classification head; set pooling = mean or cls")
+    return head
+
+
+def load_classifier(adapter_dir: str, model: str | None = None, device: str = "cpu"):
+    """A saved ``final/`` (or checkpoint) adapter as a ready classifier, in eval mode.
+
+    The folder holds PEFT's adapter (LoRA + the trained head) and ``fedtune_head.json`` (the
+    pooling and the number of labels); ``model`` overrides the base model the adapter names.
+    """
+    from peft import PeftConfig
+
+    head = read_head_config(adapter_dir)
+    peft_config = PeftConfig.from_pretrained(adapter_dir)
+    cfg = RunConfig(model=model or peft_config.base_model_name_or_path, device=device)
+    num_labels = int(head.get("num_labels", 2))
+    base = classifier_base(cfg, num_labels, pooling=head["pooling"]).to(device)
+    loaded = PeftModel.from_pretrained(base, adapter_dir)
+    return loaded.eval()
 
 
 def load_base(auto_class, cfg: RunConfig, **kwargs):

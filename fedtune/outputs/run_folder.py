@@ -23,6 +23,7 @@ from typing import Any
 
 from fedtune.atomic import append_line, write_json, write_text
 from fedtune.config import ConfigError, RunConfig
+from fedtune.model.pooling import head_description, write_head_config
 from fedtune.outputs.checkpoint import write_checkpoint
 from fedtune.outputs.plots import metrics_png, partitions_png
 
@@ -160,6 +161,10 @@ class RunFolder:
 
         def fill(tmp: Path) -> None:
             peft_model.save_pretrained(str(tmp))
+            head = head_description(peft_model)
+            if head is not None:
+                labels = self.read_config().get("labels")
+                write_head_config(tmp, head | ({"labels": labels} if labels else {}))
             if isinstance(model, str) and model and not is_local_model(model):
                 name_base_model(tmp, model)
             if server_state is not None:
