@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from flwr.app import ConfigRecord, Message
-from test_client_modes import context, run_config
 from strategy_helpers import FakeGrid, meta
+from test_client_modes import context, run_config
 
 from client import client_app
 from fedtune.arrays import to_record, to_tensors
