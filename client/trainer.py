@@ -27,7 +27,12 @@ from torch.utils.data import DataLoader
 
 from fedtune.config import RunConfig
 from fedtune.privacy.accounting import merge_history
-from fedtune.privacy.calibration import planned_rounds, sample_rate, steps_per_round
+from fedtune.privacy.calibration import (
+    batch_size_for,
+    planned_rounds,
+    sample_rate,
+    steps_per_round,
+)
 from fedtune.protocol import PrivacyState
 from fedtune.tasks.registry import task_for
 
@@ -273,7 +278,8 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     """
     task = task_for(cfg)
     n = len(dataset)
-    steps = steps_per_round(n, cfg.batch_size, cfg.local_epochs)
+    batch_size = batch_size_for(cfg, n)
+    steps = steps_per_round(n, batch_size, cfg.local_epochs)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)  # shuffling (the loader runs on the CPU)
     torch.manual_seed(seed)  # LoRA dropout; Poisson sampling
@@ -284,7 +290,7 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     if cfg.optimizer_state == "keep":
         load_moments(optimizer, model, optimizer_state)
     poisson = cfg.dp_enabled if poisson is None else poisson or cfg.dp_enabled
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=not poisson,
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=not poisson,
                         collate_fn=task.collator(pad_token_id), generator=generator)
     engine = criterion = None
     model.train()
@@ -305,7 +311,7 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
             model, optimizer, criterion, loader = private
         else:
             model, optimizer, loader = private
-        q = sample_rate(n, cfg.batch_size)
+        q = sample_rate(n, batch_size)
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
     elif poisson:  # Opacus's own Poisson sampler, from the loader's seeded generator
         loader = DPDataLoader.from_data_loader(loader)

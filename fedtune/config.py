@@ -202,8 +202,12 @@ class RunConfig:
     local_epochs: float = setting(
         0.5, "local passes over a client's data per round (fractions allowed)",
         min=0, min_open=True)
-    batch_size: int = setting(256, "batch size; under DP the *expected* Poisson batch size",
-                              min=1)
+    batch_size: int = setting(
+        0,
+        "batch size; under DP the *expected* Poisson batch size; 0 = auto, from each client's "
+        "size: the largest power of two from 16 to 256 that leaves at least 16 steps per epoch "
+        "(256 for 4,096 rows or more, 32 for 673)",
+        min=0, note=" (0 = auto, from each client's size)")
     micro_batch_size: int = setting(
         16,
         "rows per forward/backward: each batch is sorted by length and cut into chunks this "

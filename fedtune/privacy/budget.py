@@ -34,6 +34,7 @@ from fedtune.arrays import from_record
 from fedtune.config import ConfigError, RunConfig
 from fedtune.privacy.accounting import epsilon, merge_history
 from fedtune.privacy.calibration import (
+    batch_size_for,
     calibrate,
     check_delta,
     planned_rounds,
@@ -209,7 +210,8 @@ class ClientBudget:
         self.policy = policy or HostPolicy(max_epsilon=cap)
         cap = self.policy.max_epsilon
         self.budget = min(cfg.target_epsilon, cap) if cap else cfg.target_epsilon
-        self.q = sample_rate(num_examples, cfg.batch_size)
+        self.batch_size = batch_size_for(cfg, num_examples)
+        self.q = sample_rate(num_examples, self.batch_size)
         self.decision: RoundDecision | None = None  # this round's, once admitted or refused
 
     @classmethod
@@ -326,7 +328,7 @@ class ClientBudget:
         training. Equal digests mean the identical update, which may be released again; with
         secret noise (``reproducible-noise = false``) no two digests are equal, so a replayed
         round is always charged."""
-        steps = steps_per_round(self.n, self.cfg.batch_size, self.cfg.local_epochs)
+        steps = steps_per_round(self.n, self.batch_size, self.cfg.local_epochs)
         doc = {
             "model": arrays_sha256(from_record(release.arrays)),
             "data": self.ledger.fingerprint if self.ledger is not None else "",
@@ -349,7 +351,7 @@ class ClientBudget:
 
     def decide(self, charge_id: str, update: str = "") -> RoundDecision:
         """This round against the ledger as it is on disk (or the client's own history)."""
-        steps = steps_per_round(self.n, self.cfg.batch_size, self.cfg.local_epochs)
+        steps = steps_per_round(self.n, self.batch_size, self.cfg.local_epochs)
         self._read_ledger()
         before = self._spent()
         if self.ledger is not None and self.ledger.has_charge(charge_id, update):

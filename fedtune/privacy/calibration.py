@@ -23,6 +23,27 @@ from fedtune.protocol import History
 TOLERANCE = 0.01  # Opacus's epsilon_tolerance of get_noise_multiplier
 
 
+AUTO_BATCH_MIN, AUTO_BATCH_MAX, AUTO_STEPS_PER_EPOCH = 16, 256, 16
+
+
+def batch_size_for(cfg: RunConfig, num_examples: int) -> int:
+    """The client's expected batch: ``batch-size``, or with ``batch-size = 0`` (auto) the largest
+    power of two from 16 to 256 that still gives the client at least 16 steps per epoch.
+
+    A fixed 256 is right for a client of thousands of rows and wrong for one of a few hundred:
+    on 673 rows it samples at q = 0.38 and takes under 3 steps per epoch, too few for the
+    optimiser to get anywhere, while the noise does not get smaller. Every 6,735-row client of
+    the 10-client main job still gets 256.
+    """
+    if cfg.batch_size > 0:
+        return cfg.batch_size
+    fit = num_examples // AUTO_STEPS_PER_EPOCH
+    size = AUTO_BATCH_MIN
+    while size * 2 <= min(fit, AUTO_BATCH_MAX):
+        size *= 2
+    return size
+
+
 def sample_rate(num_examples: int, batch_size: int) -> float:
     """Poisson rate q exactly as Opacus *accounts* it, which the plan and the budget must match.
 
@@ -50,7 +71,8 @@ def planned_rounds(cfg: RunConfig) -> int:
 
 
 def planned_steps(cfg: RunConfig, num_examples: int) -> int:
-    return planned_rounds(cfg) * steps_per_round(num_examples, cfg.batch_size, cfg.local_epochs)
+    return planned_rounds(cfg) * steps_per_round(num_examples, batch_size_for(cfg, num_examples),
+                                                 cfg.local_epochs)
 
 
 def check_delta(delta: float, num_examples: int, who: str = "a client") -> None:
@@ -119,13 +141,14 @@ def calibrate(cfg: RunConfig, num_examples: int, prior: History | None = None,
         check_delta(cfg.delta, num_examples)
         return noise_multiplier_after(
             prior, target_epsilon=target, delta=cfg.delta,
-            q=sample_rate(num_examples, cfg.batch_size), steps=steps, accountant=cfg.accountant,
+            q=sample_rate(num_examples, batch_size_for(cfg, num_examples)), steps=steps,
+            accountant=cfg.accountant,
         )
     return noise_multiplier(
         target_epsilon=target,
         delta=cfg.delta,
         num_examples=num_examples,
-        batch_size=cfg.batch_size,
+        batch_size=batch_size_for(cfg, num_examples),
         steps=steps,
         accountant=cfg.accountant,
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 from fedtune.config import RunConfig
 from fedtune.privacy.accounting import epsilon
-from fedtune.privacy.calibration import steps_per_round
+from fedtune.privacy.calibration import batch_size_for, steps_per_round
 from fedtune.privacy.crosscheck import crosscheck
 from fedtune.protocol import (
     DATASET_SIZE,
@@ -182,6 +182,7 @@ def _upper_bound(cfg: RunConfig, c: dict[str, Any], last: _Last | None,
     sigma, q = c["noise_multiplier"], c["sample_rate"]
     if not last.can_spend or reported is None or not sigma or not q:
         return reported  # refused (and would again), or no finite spend to add to
-    steps = steps_per_round(c["num_examples"], cfg.batch_size, cfg.local_epochs)
+    steps = steps_per_round(c["num_examples"], batch_size_for(cfg, c["num_examples"]),
+                            cfg.local_epochs)
     history = [*map(tuple, last.history), *[(sigma, q, steps)] * unconfirmed]
     return max(reported, epsilon(history, cfg.delta, cfg.accountant))

@@ -33,6 +33,7 @@ def summarise(run: Path) -> dict[str, Any]:
     replies = sum(x["clients"] for x in rounds) or 1
     return {
         "accuracy": lines[-1]["accuracy"],
+        "macro_f1": lines[-1].get("macro_f1"),
         "accuracy_round0": lines[0]["accuracy"],
         "loss": lines[-1]["loss"],
         "rounds": len(rounds),

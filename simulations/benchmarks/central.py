@@ -41,6 +41,7 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
     from fedtune.model.build import load_tokenizer
     from fedtune.privacy.accounting import epsilon
     from fedtune.privacy.budget import ClientBudget
+    from fedtune.privacy.calibration import batch_size_for
     from fedtune.protocol import PrivacyState
     from fedtune.tasks.evaluation import evaluate
     from fedtune.tasks.registry import task_for
@@ -63,10 +64,12 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
 
     series = [{"round": 0, **score(), "epsilon": 0.0 if cfg.dp_enabled else None}]
     train_s = samples = 0.0
+    moments = None  # optimizer-state = keep: Adam continues across rounds, as on a client
     for server_round in range(1, cfg.num_server_rounds + 1):
         started = time.perf_counter()
         result = train_local(model, rows, pad, cfg, state,
-                             seed=cfg.seed * 1_000_003 + server_round)
+                             seed=cfg.seed * 1_000_003 + server_round, optimizer_state=moments)
+        moments = result.optimizer_state
         took = time.perf_counter() - started
         train_s += took
         samples += result.samples
@@ -79,10 +82,11 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
         "num_examples": len(rows),
         "noise_multiplier": state.noise_multiplier if cfg.dp_enabled else None,
         "samples": int(samples),
-        "samples_planned": planned_samples(len(rows), cfg.batch_size, cfg.local_epochs,
-                                           cfg.num_server_rounds),
+        "samples_planned": planned_samples(len(rows), batch_size_for(cfg, len(rows)),
+                                           cfg.local_epochs, cfg.num_server_rounds),
         "train_s": round(train_s, 3),
         "accuracy": series[-1]["accuracy"],
+        "macro_f1": series[-1].get("macro_f1"),
         "epsilon": series[-1]["epsilon"],
         "series": series,
         "threads": threads,

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from fedtune.model.build import load_tokenizer
     from fedtune.model.precision import resolve_device
     from fedtune.privacy.budget import ClientBudget
-    from fedtune.privacy.calibration import steps_per_epoch
+    from fedtune.privacy.calibration import batch_size_for, steps_per_epoch
     from fedtune.protocol import PrivacyState
     from fedtune.tasks.registry import task_for
 
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                                        base.max_length)
     n = len(data)
     # local-epochs such that one call takes exactly `steps` Poisson steps
-    epochs = steps / steps_per_epoch(n, base.batch_size)
+    epochs = steps / steps_per_epoch(n, batch_size_for(base, n))
     base = dataclasses.replace(base, local_epochs=epochs)
     sigma_state = PrivacyState()
     ClientBudget(base, sigma_state, n).start("throughput")  # a realistic noise level
@@ -136,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
         return time.perf_counter() - started, out.samples, time.process_time() - cpu_started
 
     print(f"throughput: {n} rows, {steps} steps x {repeats} repeat(s) per mode, expected batch "
-          f"{base.batch_size}, {threads} thread(s), {settings['device']}", flush=True)
-    one("sample", "hooks", seed=0, cfg_steps=1 / steps_per_epoch(n, base.batch_size))  # warm-up
+          f"{batch_size_for(base, n)}, {threads} thread(s), {settings['device']}", flush=True)
+    batch = batch_size_for(base, n)
+    one("sample", "hooks", seed=0, cfg_steps=1 / steps_per_epoch(n, batch))  # warm-up
     times: dict[str, list[float]] = {name: [] for name, _, _ in MODES}
     samples: dict[str, list[int]] = {name: [] for name, _, _ in MODES}
     cpu: dict[str, list[float]] = {name: [] for name, _, _ in MODES}
