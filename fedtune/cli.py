@@ -2,7 +2,8 @@
 
     fedtune settings [--markdown] [--update docs/settings.md]
     fedtune privacy plan --num-examples 6700 --batch-size 64 --local-epochs 1 --rounds 3 \\
-        --target-epsilon 8 --delta 1e-5 [--accountant prv|rdp] [--json]
+        --target-epsilon 8 --delta 1e-5 [--accountant prv|rdp] [--json] \\
+        [--num-clients 10] [--trainable-params D | --model M --lora-r 8 ...] [--recommend]
     fedtune privacy report runs/<name>
 """
 
@@ -16,7 +17,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from fedtune.config import ConfigError, describe
+from fedtune.config import DEFAULT_MODEL, ConfigError, describe
 
 SETTINGS_START = "<!-- settings:start"
 SETTINGS_END = "<!-- settings:end -->"
@@ -26,10 +27,14 @@ SETTINGS_COMMAND = "python -m fedtune.cli settings --markdown --update docs/sett
 def _plan(args: argparse.Namespace) -> int:
     from fedtune.privacy.planner import plan
 
+    trainable = _trainable_params(args)
+    if args.recommend:
+        return _recommend(args, trainable)
     result = plan(num_examples=args.num_examples, batch_size=args.batch_size,
                   local_epochs=args.local_epochs, rounds=args.rounds,
                   target_epsilon=args.target_epsilon, delta=args.delta,
-                  accountant=args.accountant)
+                  accountant=args.accountant, num_clients=args.num_clients,
+                  trainable_params=trainable)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -40,7 +45,60 @@ def _plan(args: argparse.Namespace) -> int:
     print("round  epsilon")
     for i, eps in enumerate(result["epsilon_per_round"], start=1):
         print(f"{i:>5}  {eps:.4f}")
+    _print_snr(result)
     return 0
+
+
+def _print_snr(result: dict) -> None:
+    from fedtune.privacy.signal_to_noise import ADVICE, NOISE_DOMINATED_BELOW
+
+    print(f"signal/noise      step {result['step_snr']:.3g}, run {result['run_snr']:.3g}  "
+          f"({result['num_clients']} client(s), {result['trainable_params']:,} trainable "
+          f"parameters; an optimistic bound, below {NOISE_DOMINATED_BELOW:g} the noise wins)")
+    if result["noise_dominated"]:
+        print(f"WARNING: this run is likely noise-dominated (run signal/noise "
+              f"{result['run_snr']:.3g} < {NOISE_DOMINATED_BELOW:g}); {ADVICE}")
+
+
+def _recommend(args: argparse.Namespace, trainable: int) -> int:
+    from fedtune.privacy.planner import recommend
+
+    result = recommend(num_examples=args.num_examples, num_clients=args.num_clients,
+                       samples_per_client=args.local_epochs * args.rounds * args.num_examples,
+                       rounds=args.rounds, target_epsilon=args.target_epsilon, delta=args.delta,
+                       trainable_params=trainable, accountant=args.accountant)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"same compute: {result['samples_per_client']:g} examples per client over "
+          f"{args.rounds} round(s), {args.num_clients} client(s), {trainable:,} trainable "
+          "parameters,")
+    print(f"epsilon {args.target_epsilon:g}, delta {args.delta:g}; batch sizes leaving under "
+          f"{result['min_steps_per_round']} steps per round are left out")
+    print("batch  local-epochs  steps  noise   step s/n  run s/n")
+    for c in result["candidates"]:
+        print(f"{c['batch_size']:>5}  {c['local_epochs']:>12g}  {c['steps']:>5}  "
+              f"{c['noise_multiplier']:.4f}  {c['step_snr']:>8.3g}  {c['run_snr']:>7.3g}")
+    best = result["best"]
+    print(f"recommended: --run-config \"batch-size={best['batch_size']} "
+          f"local-epochs={best['local_epochs']:g}\"  (run signal/noise {best['run_snr']:.3g})")
+    if best["noise_dominated"]:
+        from fedtune.privacy.signal_to_noise import ADVICE
+
+        print(f"WARNING: even the best batch size is likely noise-dominated; {ADVICE}")
+    return 0
+
+
+def _trainable_params(args: argparse.Namespace) -> int:
+    """``--trainable-params``, else counted from the model's config.json (no weights loaded)."""
+    if args.trainable_params is not None:
+        return args.trainable_params
+    from fedtune.model.paths import resolve_model_path
+    from fedtune.privacy.signal_to_noise import lora_trainable_params, read_model_config
+
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    return lora_trainable_params(read_model_config(resolve_model_path(args.model)), args.lora_r,
+                                 targets, args.num_labels)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -193,6 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accountant", choices=["prv", "rdp"], default="prv",
                    help="Opacus privacy accountant")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    snr = p.add_argument_group(
+        "signal-to-noise", _para(
+            "Will the run learn? The predicted ratio of the largest signal the run can carry to "
+            "its accumulated DP noise, an optimistic bound (docs/privacy.md)."))
+    snr.add_argument("--num-clients", type=int, default=1,
+                     help="clients training in each round; their independent noise averages out")
+    snr.add_argument("--trainable-params", type=int, default=None,
+                     help="trainable parameters d (LoRA + head; the server logs the real count); "
+                          "default: counted from --model, --lora-r, --lora-targets, --num-labels")
+    snr.add_argument("--model", default=DEFAULT_MODEL,
+                     help="base model (a BERT) whose config.json gives d (run-config model)")
+    snr.add_argument("--lora-r", type=int, default=8, help="LoRA rank (run-config lora-r)")
+    snr.add_argument("--lora-targets", default="query,value",
+                     help="modules with LoRA (run-config lora-targets)")
+    snr.add_argument("--num-labels", type=int, default=2, help="classes of the task head")
+    snr.add_argument("--recommend", action="store_true",
+                     help="compare batch sizes for the same compute (local-epochs x rounds x "
+                          "examples) and print the run-config that learns best")
     p.set_defaults(func=_plan)
     r = sub.add_parser(
         "report", formatter_class=_Help,

@@ -23,6 +23,7 @@ from fedtune.model.adapter import adapter_state
 from fedtune.model.build import load_tokenizer
 from fedtune.outputs.run_folder import RunFolder
 from fedtune.privacy.calibration import check_delta
+from fedtune.privacy.signal_to_noise import server_check, trainable_count
 from fedtune.protocol import LABELS, RESUME_PRIVACY, RUN_KEY
 from fedtune.tasks.registry import Task, task_for
 from server.local_clients import LocalClients
@@ -71,6 +72,8 @@ def prepare_run(grid: Grid, cfg: RunConfig) -> PreparedRun:
             local.write()
     elif point is None:
         folder.write_partitions(partitions, splits.labels, splits.source)
+    if snr := server_check(cfg, partitions, num_clients, trainable_count(model)):
+        log(snr[0], "%s", snr[1])  # will DP-SGD's noise drown the run? said before round 1
 
     tokenizer = load_tokenizer(cfg)
     eval_set = task.encode(tokenizer, splits.eval, cfg)

@@ -1,4 +1,5 @@
-"""Plan a client's DP-SGD before a run: the noise it needs and the epsilon after every round."""
+"""Plan a client's DP-SGD before a run: the noise it needs, the epsilon after every round, and
+whether the run can learn (its predicted signal-to-noise), with the batch size that learns best."""
 
 from __future__ import annotations
 
@@ -6,13 +7,23 @@ from typing import Any
 
 from fedtune.config import ConfigError
 from fedtune.privacy.accounting import epsilon
-from fedtune.privacy.calibration import noise_multiplier, sample_rate, steps_per_round
+from fedtune.privacy.calibration import (
+    noise_multiplier,
+    sample_rate,
+    steps_per_epoch,
+    steps_per_round,
+)
 from fedtune.privacy.noise_search import shared_rdp_terms
+from fedtune.privacy.signal_to_noise import noise_dominated, run_snr, step_snr
+
+BATCH_SIZES = tuple(16 * 2**i for i in range(7))  # 16 ... 1024
 
 
 def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int,
-         target_epsilon: float, delta: float, accountant: str = "prv") -> dict[str, Any]:
-    """Noise multiplier for the whole run and the cumulative epsilon after each round.
+         target_epsilon: float, delta: float, accountant: str = "prv", num_clients: int = 1,
+         trainable_params: int | None = None) -> dict[str, Any]:
+    """Noise multiplier for the whole run and the cumulative epsilon after each round; with
+    ``trainable_params`` also the predicted signal-to-noise of ``num_clients`` such clients.
 
     Infeasible requests raise :class:`ConfigError` with a feasible alternative.
     """
@@ -20,14 +31,7 @@ def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int
         raise ConfigError("--num-examples must be >= 1")
     if batch_size < 1 or rounds < 1 or local_epochs <= 0:
         raise ConfigError("--batch-size and --rounds must be >= 1 and --local-epochs > 0")
-    if target_epsilon <= 0:
-        raise ConfigError(f"--target-epsilon {target_epsilon:g} is infeasible: epsilon must be "
-                          "> 0 (e.g. 1, 3 or 8)")
-    if not 0 < delta < 1.0 / num_examples:
-        raise ConfigError(
-            f"--delta {delta:g} is infeasible for {num_examples} examples: it must be in "
-            f"(0, 1/N = {1.0 / num_examples:.3g}); e.g. --delta {min(1e-5, 0.1 / num_examples):.1e}"
-        )
+    _check_request(num_examples, target_epsilon, delta, num_clients, trainable_params)
     q = sample_rate(num_examples, batch_size)
     per_round = steps_per_round(num_examples, batch_size, local_epochs)
     sigma = noise_multiplier(target_epsilon=target_epsilon, delta=delta,
@@ -36,10 +40,98 @@ def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int
     with shared_rdp_terms():  # every round's epsilon has the same (sigma, q): one RDP series
         per_round_eps = [epsilon([(sigma, q, r * per_round)], delta, accountant)
                          for r in range(1, rounds + 1)]
-    return {
+    result = {
         "num_examples": num_examples, "batch_size": batch_size, "local_epochs": local_epochs,
         "rounds": rounds, "target_epsilon": target_epsilon, "delta": delta,
         "accountant": accountant, "noise_multiplier": sigma, "sample_rate": q,
         "steps_per_round": per_round, "steps": rounds * per_round,
         "epsilon": per_round_eps[-1], "epsilon_per_round": per_round_eps,
     }
+    if trainable_params is not None:
+        result.update(num_clients=num_clients, trainable_params=trainable_params,
+                      **_snr(num_examples, q, sigma, rounds * per_round, num_clients,
+                             trainable_params))
+    return result
+
+
+def recommend(*, num_examples: int, num_clients: int, samples_per_client: float, rounds: int,
+              target_epsilon: float, delta: float, trainable_params: int, accountant: str = "prv",
+              min_steps_per_round: int = 4) -> dict[str, Any]:
+    """The expected batch size (16 ... 1024, at most a quarter of the data) whose run learns
+    best for the same compute: ``samples_per_client`` examples processed per client over the run
+    (local-epochs x rounds x examples). Each batch size gets the local-epochs that spends that
+    budget, to the nearest step per round.
+
+    With the compute fixed, steps x batch is fixed, so run_snr = B sqrt(K T) / (sigma sqrt d) is
+    proportional to sqrt(B x samples) / sigma(B): larger batches win as long as sigma grows more
+    slowly than sqrt(B), which under subsampled DP it does. But a handful of huge steps is not
+    training (the optimiser needs steps to move), so a batch that leaves fewer than
+    ``min_steps_per_round`` local steps per round is not offered.
+    """
+    if num_examples < 1 or rounds < 1 or samples_per_client <= 0:
+        raise ConfigError("--num-examples and --rounds must be >= 1 and the training budget "
+                          "(local-epochs x rounds x examples) > 0")
+    _check_request(num_examples, target_epsilon, delta, num_clients, trainable_params)
+    candidates = []
+    for batch_size in (b for b in BATCH_SIZES if b <= num_examples // 4):
+        q = sample_rate(num_examples, batch_size)
+        per_round = round(samples_per_client / (rounds * num_examples * q))
+        if per_round < min_steps_per_round:
+            continue
+        sigma = noise_multiplier(target_epsilon=target_epsilon, delta=delta,
+                                 num_examples=num_examples, batch_size=batch_size,
+                                 steps=rounds * per_round, accountant=accountant)
+        candidates.append({
+            "batch_size": batch_size,
+            "local_epochs": _epochs_for(per_round, num_examples, batch_size),
+            "steps_per_round": per_round, "steps": rounds * per_round, "noise_multiplier": sigma,
+            "samples": round(num_examples * q * rounds * per_round),
+            **_snr(num_examples, q, sigma, rounds * per_round, num_clients, trainable_params),
+        })
+    if not candidates:
+        raise ConfigError(
+            f"no batch size from {BATCH_SIZES[0]} to a quarter of the {num_examples} examples "
+            f"leaves {min_steps_per_round} steps per round for {samples_per_client:g} examples "
+            f"over {rounds} round(s); train more local epochs or give each client more data")
+    candidates.sort(key=lambda c: c["run_snr"], reverse=True)
+    return {"num_examples": num_examples, "num_clients": num_clients, "rounds": rounds,
+            "samples_per_client": samples_per_client, "target_epsilon": target_epsilon,
+            "delta": delta, "accountant": accountant, "trainable_params": trainable_params,
+            "min_steps_per_round": min_steps_per_round, "best": candidates[0],
+            "candidates": candidates}
+
+
+def _epochs_for(per_round: int, num_examples: int, batch_size: int) -> float:
+    """The shortest local-epochs (as --run-config text would give it) that a run turns into
+    exactly ``per_round`` steps."""
+    exact = per_round / steps_per_epoch(num_examples, batch_size)
+    for digits in range(2, 17):
+        short = float(f"{exact:.{digits}g}")
+        if steps_per_round(num_examples, batch_size, short) == per_round:
+            return short
+    return exact
+
+
+def _snr(num_examples: int, q: float, sigma: float, steps: int, clients: int,
+         trainable_params: int) -> dict[str, Any]:
+    """The noise is divided by the *expected* batch n q, which Poisson sampling makes smaller
+    than the nominal batch size when it does not divide n (673 rows at 256: 224)."""
+    figures = dict(batch_size=num_examples * q, noise_multiplier=sigma,
+                   trainable_params=trainable_params, clients=clients)
+    run = run_snr(steps=steps, **figures)
+    return {"step_snr": step_snr(**figures), "run_snr": run,
+            "noise_dominated": noise_dominated(run)}
+
+
+def _check_request(num_examples: int, target_epsilon: float, delta: float, num_clients: int,
+                  trainable_params: int | None) -> None:
+    if target_epsilon <= 0:
+        raise ConfigError(f"--target-epsilon {target_epsilon:g} is infeasible: epsilon must be "
+                          "> 0 (e.g. 1, 3 or 8)")
+    if not 0 < delta < 1.0 / num_examples:
+        raise ConfigError(
+            f"--delta {delta:g} is infeasible for {num_examples} examples: it must be in "
+            f"(0, 1/N = {1.0 / num_examples:.3g}); e.g. --delta {min(1e-5, 0.1 / num_examples):.1e}"
+        )
+    if num_clients < 1 or (trainable_params is not None and trainable_params < 1):
+        raise ConfigError("--num-clients and --trainable-params must be >= 1")
