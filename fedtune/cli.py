@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-examples", type=int, required=True,
                    help="the client's training examples n")
     p.add_argument("--batch-size", type=int, required=True,
-                   help="expected Poisson batch size (run-config batch-size)")
+                   help="expected Poisson batch size (run-config batch-size; 0 = auto, from "
+                        "--num-examples as a run derives it)")
     p.add_argument("--local-epochs", type=float, default=1.0,
                    help="local passes over the data per round (run-config local-epochs)")
     p.add_argument("--rounds", type=int, required=True,

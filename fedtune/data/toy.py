@@ -29,10 +29,18 @@ def make_tiny_bert(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean") -> Path:
+def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean",
+                                   sentiment_feature: float = 0.0) -> Path:
     """The tiny BERT saved the way sentence-transformers saves a model: ``modules.json`` naming a
-    Pooling module whose ``config.json`` declares ``pooling`` (``mean`` or ``cls``)."""
+    Pooling module whose ``config.json`` declares ``pooling`` (``mean`` or ``cls``).
+
+    ``sentiment_feature`` > 0 plants what pretraining gives a real model: the positive words'
+    embeddings are moved by +v and the negative words' by -v (|v| = that value), so a pooled
+    feature separates the toy labels linearly. A random tiny BERT has no such feature, and under
+    DP noise its head cannot find one in a few dozen steps (it predicts one class)."""
     make_tiny_bert(folder)
+    if sentiment_feature > 0:
+        _plant_sentiment_direction(folder, sentiment_feature)
     (folder / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling",
@@ -43,6 +51,22 @@ def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean") -> Path:
         "word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False}))
     return folder
+
+
+def _plant_sentiment_direction(folder: Path, norm: float) -> None:
+    import torch
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    model = BertForSequenceClassification.from_pretrained(folder)
+    tokenizer = BertTokenizerFast.from_pretrained(folder)
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm() * norm
+    with torch.no_grad():
+        table = model.bert.embeddings.word_embeddings.weight
+        for words, sign in ((POSITIVE, 1.0), (NEGATIVE, -1.0)):
+            for word in words:
+                table[tokenizer.convert_tokens_to_ids(word)] += sign * v
+    model.save_pretrained(folder)
 
 
 def toy_rows(n: int, seed: int, num_labels: int = 2) -> list[dict]:

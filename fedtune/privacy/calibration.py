@@ -35,8 +35,10 @@ def batch_size_for(cfg: RunConfig, num_examples: int) -> int:
     optimiser to get anywhere, while the noise does not get smaller. Every 6,735-row client of
     the 10-client main job still gets 256.
     """
-    if cfg.batch_size > 0:
-        return cfg.batch_size
+    return cfg.batch_size if cfg.batch_size > 0 else auto_batch_size(num_examples)
+
+
+def auto_batch_size(num_examples: int) -> int:
     fit = num_examples // AUTO_STEPS_PER_EPOCH
     size = AUTO_BATCH_MIN
     while size * 2 <= min(fit, AUTO_BATCH_MAX):

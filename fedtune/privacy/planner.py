@@ -8,6 +8,7 @@ from typing import Any
 from fedtune.config import ConfigError
 from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.calibration import (
+    auto_batch_size,
     noise_multiplier,
     sample_rate,
     steps_per_epoch,
@@ -29,8 +30,10 @@ def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int
     """
     if num_examples < 1:
         raise ConfigError("--num-examples must be >= 1")
-    if batch_size < 1 or rounds < 1 or local_epochs <= 0:
-        raise ConfigError("--batch-size and --rounds must be >= 1 and --local-epochs > 0")
+    if batch_size < 0 or rounds < 1 or local_epochs <= 0:
+        raise ConfigError("--batch-size must be >= 0 (0 = auto, as the run does), --rounds >= 1 "
+                          "and --local-epochs > 0")
+    batch_size = batch_size or auto_batch_size(num_examples)
     _check_request(num_examples, target_epsilon, delta, num_clients, trainable_params)
     q = sample_rate(num_examples, batch_size)
     per_round = steps_per_round(num_examples, batch_size, local_epochs)

@@ -131,6 +131,7 @@ def server_check(cfg: RunConfig, partitions: list[dict], num_clients: int,
     if not sizes:
         return None
     from fedtune.privacy.calibration import (  # imports Opacus: only when there is DP-SGD
+        batch_size_for,
         calibrate,
         planned_steps,
         sample_rate,
@@ -141,7 +142,7 @@ def server_check(cfg: RunConfig, partitions: list[dict], num_clients: int,
         sigma = calibrate(cfg, n)
     except ConfigError as exc:
         return WARNING, f"signal-to-noise check skipped: {exc}"
-    batch = n * sample_rate(n, cfg.batch_size)
+    batch = n * sample_rate(n, batch_size_for(cfg, n))
     steps = planned_steps(cfg, n)
     clients = max(1, round(cfg.fraction_train * num_clients))
     figures = dict(batch_size=batch, noise_multiplier=sigma, trainable_params=trainable_params,
