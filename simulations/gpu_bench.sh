@@ -10,7 +10,8 @@
 # Time budget (each step is killed at its limit; a benchmark saves its JSON after every row, so
 # a step cut short still leaves its finished rows, marked incomplete on the page):
 #   throughput  <= 180 s: all 67,349 training rows, one epoch per mode and repeat, 2 repeats
-#   utility     <= 390 s: 1 epoch of SST-2 (67,349 samples) per row, 3 rounds, 2 clients
+#   utility     <= 390 s: the nine rows in order (SST-2 with the main job's compute, then
+#                         TREC); rows past the limit are missing
 #   page        <=  30 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,8 +38,7 @@ if [ "$mode" = full ]; then
   # on a GPU one whole Poisson batch at a time is fastest (no length-sorted micro-batches)
   rc="micro-batch-size=0 eval-batch-size=512"
   throughput_args=(--rows -1 --steps 264 --repeats 2)
-  utility_args=(--rows 0 --samples 67349 --rounds 3 --num-clients 2
-                --gpus-per-client 0.5 --cpus-per-client 4)
+  utility_args=(--gpus-per-client 0.5 --cpus-per-client 4)
   limits=(180 390)
 else
   out=$(mktemp -d "${TMPDIR:-/tmp}/fedtune-gpu-check-XXXXXX")
@@ -47,7 +47,7 @@ else
   gpus=0
   [ "$has_cuda" = 1 ] && gpus=0.5
   throughput_args=(--quick)
-  utility_args=(--quick --only central-nodp,fed-iid-dp8 --gpus-per-client "$gpus")
+  utility_args=(--quick --only central-nodp,fed10-iid-dp8 --gpus-per-client "$gpus")
   limits=(300 600)
 fi
 

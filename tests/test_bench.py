@@ -63,15 +63,31 @@ def _sample_results(folder, gpu_name=None):
     series = [{"round": 0, "accuracy": 0.5, "epsilon": 0.0},
               {"round": 1, "accuracy": 0.7, "epsilon": 6.0},
               {"round": 2, "accuracy": 0.8, "epsilon": 7.99}]
-    utility = {**common, "benchmark": "utility", "samples": 1000, "num_clients": 2,
-               "target_points": 3.0, "target_met": True,
-               "settings": {"num-server-rounds": 2, "batch-size": 256},
-               "results": [{"name": "central-nodp", "dp": "off", "ok": True, "samples": 1000,
-                            "accuracy": 0.81, "points_below_reference": 0.0, "wall_s": 9.0,
-                            "series": series},
-                           {"name": "fed-dir0.3-dp8-ffa", "dp": "sample", "ok": True,
-                            "samples": 1000, "accuracy": 0.8, "points_below_reference": 1.0,
-                            "epsilon": 7.99, "wall_s": 30.0, "series": series}]}
+    sst2 = {"dataset": "sst2", "max-train-samples": 0, "max-eval-samples": 0,
+            "num-server-rounds": 2, "local-epochs": 0.5}
+    trec = {"dataset": "trec", "max-train-samples": 0, "max-eval-samples": 0,
+            "num-server-rounds": 4, "local-epochs": 1.0}
+    row = {"ok": True, "samples": 67349, "wall_s": 30.0, "series": series}
+    utility = {**common, "benchmark": "utility", "f1_gap_points": 5.0, "target_met": False,
+               "settings": {"target-epsilon": 8.0, "delta": 1e-5, "device": "cpu"},
+               "data": {"sst2": sst2, "trec": trec},
+               "results": [{**row, "name": "central-nodp", "arm": "central", "clients": 1,
+                            "dp": "off", "accuracy": 0.85, "macro_f1": 0.849,
+                            "points_below_reference": 0.0, "target": None, "target_met": None},
+                           {**row, "name": "fed10-iid-dp8", "arm": "federated", "clients": 10,
+                            "dp": "sample", "accuracy": 0.834, "macro_f1": 0.83,
+                            "epsilon": 7.99, "points_below_reference": 1.6,
+                            "target": "10 clients IID DP accuracy >= 0.82", "target_met": True},
+                           {**row, "name": "trec6-fed5-dp8", "arm": "federated", "clients": 5,
+                            "dp": "sample", "accuracy": 0.8, "macro_f1": 0.7, "epsilon": 7.98,
+                            "points_below_nodp": 12.0, "target": "TREC-6 DP macro-F1 within 5 "
+                            "points of no-DP", "target_met": False},
+                           {**row, "name": "trec6-fed5-nodp", "arm": "federated",
+                            "clients": 5, "dp": "off", "accuracy": 0.9, "macro_f1": 0.82,
+                            "target": None, "target_met": None},
+                           {**row, "ok": False, "name": "fed100-iid-dp8", "clients": 100,
+                            "dp": "sample", "target": "100 clients IID DP accuracy >= 0.78",
+                            "target_met": None, "series": []}]}
     folder.mkdir(parents=True, exist_ok=True)
     for r in (throughput, utility):
         (folder / f"{r['benchmark']}.json").write_text(json.dumps(r))
@@ -86,8 +102,13 @@ def test_results_page_is_rebuilt_from_the_json_files(tmp_path):
     assert page.read_text() == text
     assert "| throughput | DP (hooks) / no-DP time <= 1.10 | 1.234 | **MISSED** |" in text
     assert "| throughput (GPU) | DP (hooks) / no-DP time <= 1.10 | 1.234 | **MISSED** |" in text
-    assert "| utility | Dirichlet DP rows within 3 points of central no-DP | 1.0 points below " \
-           "| met |" in text
+    assert "| utility | 10 clients IID DP accuracy >= 0.82 | 0.834 | met |" in text
+    assert "| utility | TREC-6 DP macro-F1 within 5 points of no-DP | 12.0 points below " \
+           "| **MISSED** |" in text
+    assert "| utility | 100 clients" not in text  # failed: not measured, not in the summary
+    assert "| fed100-iid-dp8 | 100 |" in text and "| FAILED |" in text
+    assert "| trec6-fed5-dp8 | 5 | 67,349 | 0.800 | 0.700 | 7.980 |" in text
+    assert "2 rounds of 0.5 local epoch over all training rows" in text
     assert "## Throughput: local training, DP vs no DP (GPU)" in text
     assert "GPU Test GPU 80GB" in text and "CPU; 2 cores (Test CPU)" in text
     assert "Not run yet: `python -m simulations.bench scale`" in text
@@ -104,3 +125,80 @@ def test_tree_memory_sees_a_child_process():
         subprocess.run([sys.executable, "-c", code], check=True)
     assert memory.peak_rss >= 80 * 2**20
     assert memory.peak_processes >= 1 and memory.samples >= 2
+
+
+def _utility_args(*argv):
+    import argparse
+
+    from simulations.benchmarks.utility import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser, parser.parse_args(list(argv))
+
+
+def test_utility_plan_rows():
+    from simulations.benchmarks.utility import ROWS, plan_rows
+
+    parser, args = _utility_args()
+    assert "--trec-local-epochs" in parser.format_help()
+    rows = {r["name"]: r for r in plan_rows(args)}
+    assert list(rows) == [r[0] for r in ROWS] and len(rows) == 9
+    for r in rows.values():
+        o = r["overrides"]
+        assert o["target-epsilon"] == 8.0 and o["delta"] == 1e-5 and o["max-eval-samples"] == 0
+        assert "batch-size" not in o  # the project default: automatic per client
+    sst2 = [r for r in rows.values() if r["data"] == "sst2"]
+    assert len(sst2) == 5  # the same rounds and epochs over the same rows: the same samples
+    assert {(r["overrides"]["num-server-rounds"], r["overrides"]["local-epochs"],
+             r["overrides"]["max-train-samples"], r["overrides"]["dataset"])
+            for r in sst2} == {(2, 0.5, 0, args.dataset)}
+    assert [rows[n]["clients"] for n in ("fed10-iid-dp8", "fed10-dir0.3-dp8", "fed100-iid-dp8",
+                                          "trec6-fed5-dp8")] == [10, 10, 100, 5]
+    assert rows["fed10-dir0.3-dp8"]["overrides"]["dirichlet-alpha"] == 0.3
+    assert rows["fed100-iid-dp8"]["overrides"]["min-clients"] == 100
+    assert rows["central-nodp"]["overrides"]["dp"] == "off"
+    assert rows["trec50-fed5-dp8"]["overrides"]["label-column"] == "fine_label"
+    assert rows["trec6-fed5-nodp"]["overrides"]["label-column"] == "label"
+    assert rows["trec50-fed5-nodp"]["overrides"]["dp"] == "off"
+    trec = rows["trec6-fed5-dp8"]["overrides"]
+    assert trec["dataset"].endswith("shared/data/trec") and trec["num-server-rounds"] == 4
+    assert trec["local-epochs"] == 1.0
+    assert rows["fed10-iid-dp8"]["target"] and rows["trec6-fed5-nodp"]["target"] is None
+
+    _, quick = _utility_args("--quick", "--only", "central-dp8, fed100-iid-dp8,trec50-fed5-dp8",
+                             "--run-config", "lr=0.02")
+    rows = {r["name"]: r for r in plan_rows(quick)}
+    assert list(rows) == ["central-dp8", "fed100-iid-dp8", "trec50-fed5-dp8"]
+    assert rows["fed100-iid-dp8"]["clients"] == 4 == rows["trec50-fed5-dp8"]["clients"]
+    assert rows["fed100-iid-dp8"]["overrides"]["min-clients"] == 4
+    assert rows["central-dp8"]["overrides"]["max-train-samples"] == 2000
+    assert rows["fed100-iid-dp8"]["overrides"]["max-eval-samples"] == 128
+    assert rows["trec50-fed5-dp8"]["overrides"]["max-train-samples"] == 600
+    assert rows["trec50-fed5-dp8"]["overrides"]["num-server-rounds"] == 2
+    assert all(r["overrides"]["lr"] == 0.02 for r in rows.values())
+    with pytest.raises(SystemExit, match="no such row"):
+        plan_rows(_utility_args("--only", "fed-iid-dp8")[1])
+
+
+def test_utility_judge_fills_in_targets_and_gaps():
+    from simulations.benchmarks.utility import judge
+
+    rows = [{"name": "central-nodp", "data": "sst2", "accuracy": 0.85},
+            {"name": "fed10-iid-dp8", "data": "sst2", "accuracy": 0.83},
+            {"name": "fed100-iid-dp8", "data": "sst2", "accuracy": None},
+            {"name": "trec6-fed5-dp8", "data": "trec", "macro_f1": 0.80},
+            {"name": "trec6-fed5-nodp", "data": "trec", "macro_f1": 0.84},
+            {"name": "trec50-fed5-dp8", "data": "trec", "macro_f1": 0.30},
+            {"name": "trec50-fed5-nodp", "data": "trec", "macro_f1": 0.60}]
+    assert judge(rows) is True
+    by = {r["name"]: r for r in rows}
+    assert by["fed10-iid-dp8"]["target_met"] is True
+    assert by["fed10-iid-dp8"]["points_below_reference"] == 2.0
+    assert by["fed100-iid-dp8"]["target_met"] is None
+    assert by["trec6-fed5-dp8"]["points_below_nodp"] == 4.0
+    assert by["trec6-fed5-dp8"]["target_met"] is True
+    assert by["trec50-fed5-dp8"]["points_below_nodp"] == 30.0
+    assert by["trec50-fed5-dp8"]["target_met"] is None
+    by["fed10-iid-dp8"]["accuracy"] = 0.81
+    assert judge(rows) is False

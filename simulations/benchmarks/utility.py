@@ -1,142 +1,199 @@
-"""``utility``: SST-2 validation accuracy of each setting, for the same training samples.
+"""``utility``: what DP at epsilon 8 costs in accuracy and macro-F1, centralized and federated.
 
-Rows (every one trains on the same planned number of samples, ``--samples``, split into the
-same rounds; the federated rows run through ``flwr run``, the centralized ones through the same
-trainer in one process, evaluated after each round like the server does):
+Rows (epsilon 8, delta 1e-5 wherever DP is on; evaluated on the full validation split; the run
+config otherwise the project defaults: automatic batch size per client, pooling auto, Adam state
+kept across rounds):
 
-1. centralized, no DP            2. centralized, DP epsilon 8 (the whole training set is the
-3. federated IID, no DP             protected database)
-4. federated IID, DP 8 per client
-5. federated Dirichlet(0.3), DP 8, fedavg      6. the same with ffa
+SST-2, every row with the main job's compute (2 rounds of half a local epoch over all 67,349
+training rows: each row trains on about 67,349 samples, however they are split), so that the rows
+differ only in who holds the data and whether it is private:
 
-Each row's accuracy is on the full SST-2 validation split (872 rows) after the last round; its
-per-round accuracy and epsilon go to the result JSON for the plots. Target: the Dirichlet DP rows
-within 3 points of centralized non-private.
+1. ``central-nodp``, 2. ``central-dp8``: one process, the whole training set (the protected
+   database under DP), evaluated after each round like the server does
+3. ``fed10-iid-dp8``, 4. ``fed10-dir0.3-dp8``, 5. ``fed100-iid-dp8``: ``flwr run``, DP per client
 
-Why 2 clients by default: each client's DP noise is calibrated to its own data, so the same rows
-over more clients mean more noise per step and fewer steps in a row per client (the project's
-main job uses 2 clients for this reason); ``--num-clients 10`` runs the same comparison on 10.
+TREC (``../shared/data/trec``: 5,452 questions, 500 to evaluate), 5 IID clients, 4 rounds of one
+local epoch: the small-data, many-class counterpart, where macro-F1 shows what DP does to rare
+classes: 6. ``trec6-fed5-dp8``, 7. ``trec6-fed5-nodp`` (6 coarse labels), 8. ``trec50-fed5-dp8``,
+9. ``trec50-fed5-nodp`` (50 fine labels).
+
+Targets: the three federated SST-2 rows reach 0.82, 0.80 and 0.78 accuracy; TREC-6 with DP is
+within 5 macro-F1 points of TREC-6 without. TREC-50 has no target (too few rows per class for DP
+at epsilon 8): its gap is reported. Each SST-2 row is also compared with ``central-nodp``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from fedtune.launch.flwr_cli import parse_run_config
+from fedtune.project import PROJECT_ROOT
 from simulations.benchmarks.arms import run_central, run_federated
 from simulations.benchmarks.cli import common_arguments, device_arguments
 from simulations.benchmarks.common import finish, header, result_dir, runs_dir, save, table
 
-TARGET_POINTS = 3.0
-SST2_TRAIN_ROWS = 67_349
+TREC = PROJECT_ROOT.parent / "shared" / "data" / "trec"
+F1_GAP_POINTS = 5.0
+QUICK_CLIENTS = 4  # enough to exercise partitioning and aggregation in a couple of minutes
 
-# (name, arm, run-config overrides)
-ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("central-nodp", "central", {"dp": "off"}),
-    ("central-dp8", "central", {"dp": "sample"}),
-    ("fed-iid-nodp", "federated", {"dp": "off", "partitioner": "iid"}),
-    ("fed-iid-dp8", "federated", {"dp": "sample", "partitioner": "iid"}),
-    ("fed-dir0.3-dp8-fedavg", "federated",
-     {"dp": "sample", "partitioner": "dirichlet", "aggregation": "fedavg"}),
-    ("fed-dir0.3-dp8-ffa", "federated",
-     {"dp": "sample", "partitioner": "dirichlet", "aggregation": "ffa"}),
+DP = {"dp": "sample"}
+NODP = {"dp": "off"}
+IID = {"partitioner": "iid"}
+# (name, arm, clients, data, overrides)
+ROWS: tuple[tuple[str, str, int, str, dict[str, Any]], ...] = (
+    ("central-nodp", "central", 1, "sst2", NODP),
+    ("central-dp8", "central", 1, "sst2", DP),
+    ("fed10-iid-dp8", "federated", 10, "sst2", DP | IID),
+    ("fed10-dir0.3-dp8", "federated", 10, "sst2",
+     DP | {"partitioner": "dirichlet", "dirichlet-alpha": 0.3}),
+    ("fed100-iid-dp8", "federated", 100, "sst2", DP | IID),
+    ("trec6-fed5-dp8", "federated", 5, "trec", DP | IID | {"label-column": "label"}),
+    ("trec6-fed5-nodp", "federated", 5, "trec", NODP | IID | {"label-column": "label"}),
+    ("trec50-fed5-dp8", "federated", 5, "trec", DP | IID | {"label-column": "fine_label"}),
+    ("trec50-fed5-nodp", "federated", 5, "trec", NODP | IID | {"label-column": "fine_label"}),
 )
+ACCURACY_TARGETS = {
+    "fed10-iid-dp8": (0.82, "10 clients IID DP accuracy >= 0.82"),
+    "fed10-dir0.3-dp8": (0.80, "10 clients Dirichlet(0.3) DP accuracy >= 0.80"),
+    "fed100-iid-dp8": (0.78, "100 clients IID DP accuracy >= 0.78"),
+}
+# DP row -> its dp=off twin; only TREC-6 has a target on the gap
+NODP_TWIN = {"trec6-fed5-dp8": "trec6-fed5-nodp", "trec50-fed5-dp8": "trec50-fed5-nodp"}
+GAP_TARGETS = {"trec6-fed5-dp8": f"TREC-6 DP macro-F1 within {F1_GAP_POINTS:g} points of no-DP"}
+NO_TARGET = {"trec50-fed5-dp8": "none (TREC-50 DP macro-F1 gap to no-DP reported)"}
 
-FULL = {"samples": 20_000, "rounds": 3, "num_clients": 2, "rows": 0,
-        "settings": {"batch-size": 256, "max-eval-samples": 0}}
-QUICK = {"samples": 512, "rounds": 2, "num_clients": 2, "rows": 2_000,
-         "settings": {"batch-size": 32, "max-eval-samples": 128}}
+FULL = {"rows": 0, "trec_rows": 0, "trec_rounds": 4, "eval": 0}
+QUICK = {"rows": 2_000, "trec_rows": 600, "trec_rounds": 2, "eval": 128}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common_arguments(parser, "512 samples from 2,000 rows, 2 rounds: checks the pipeline")
+    common_arguments(parser, "SST-2 from 2,000 rows, TREC from 600 rows in 2 rounds, 128 eval "
+                             "rows, at most 4 clients: checks the pipeline")
     device_arguments(parser)
-    parser.add_argument("--samples", type=int, default=0,
-                        help="training samples per row in total, about (default 20,000: "
-                             "rounded to whole steps, 19,900 with the defaults)")
-    parser.add_argument("--rounds", type=int, default=0, help="rounds (default 3)")
-    parser.add_argument("--num-clients", type=int, default=0, help="clients (default 2)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds of the SST-2 rows (default 2, as the main job)")
+    parser.add_argument("--local-epochs", type=float, default=0.5,
+                        help="local epochs per round of the SST-2 rows (default 0.5)")
     parser.add_argument("--rows", type=int, default=-1,
-                        help="training rows drawn from (0 = all 67,349 of SST-2)")
+                        help="SST-2 training rows drawn from (0 = all 67,349, the default; "
+                             "2,000 with --quick)")
+    parser.add_argument("--trec", default=str(TREC), help="TREC folder (train/validation jsonl)")
+    parser.add_argument("--trec-rounds", type=int, default=0,
+                        help="rounds of the TREC rows (default 4, 2 with --quick)")
+    parser.add_argument("--trec-local-epochs", type=float, default=1.0,
+                        help="local epochs per round of the TREC rows (default 1.0)")
     parser.add_argument("--only", default="",
-                        help="comma-separated row names to run (default: all six)")
+                        help="comma-separated row names to run (default: all nine)")
 
 
-def plan(args: argparse.Namespace) -> dict[str, Any]:
+def target_text(name: str) -> str | None:
+    if name in ACCURACY_TARGETS:
+        return ACCURACY_TARGETS[name][1]
+    return GAP_TARGETS.get(name) or NO_TARGET.get(name)
+
+
+def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every row to run, with its complete overrides: what a run does is decided here alone."""
     preset = QUICK if args.quick else FULL
-    rows = preset["rows"] if args.rows < 0 else args.rows
-    samples = args.samples or preset["samples"]
-    rounds = args.rounds or preset["rounds"]
-    available = rows or SST2_TRAIN_ROWS
-    settings = {**preset["settings"], **parse_run_config(args.run_config)}
-    clients = args.num_clients or preset["num_clients"]
-    # Each round every client trains `local-epochs` of its rows, the centralized arm the same
-    # fraction of all rows: the same samples in total. Steps are whole, so pick the fraction
-    # that gives each (equal-size) client a whole number of steps and the centralized arm
-    # exactly `clients` times as many, as close to `samples` as that allows.
-    per_epoch = math.ceil(available / int(settings["batch-size"]))
-    expected_batch = available / per_epoch
-    client_steps = max(1, round(samples / (rounds * clients * expected_batch)))
-    return {
-        "samples": samples, "rounds": rounds, "rows": rows, "num_clients": clients,
-        "local_epochs": client_steps * clients / per_epoch, "settings": settings,
+    common = {"target-epsilon": 8.0, "delta": 1e-5, "max-eval-samples": preset["eval"],
+              "client-threads": 1, "device": args.device}
+    data = {
+        # the same rounds and epochs in every SST-2 row: the same samples, however split
+        "sst2": {"dataset": args.dataset,
+                 "max-train-samples": preset["rows"] if args.rows < 0 else args.rows,
+                 "num-server-rounds": args.rounds, "local-epochs": args.local_epochs},
+        "trec": {"dataset": str(Path(args.trec).resolve()),
+                 "max-train-samples": preset["trec_rows"],
+                 "num-server-rounds": args.trec_rounds or preset["trec_rounds"],
+                 "local-epochs": args.trec_local_epochs},
     }
+    extra = parse_run_config(args.run_config)
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    unknown = only - {r[0] for r in ROWS}
+    if unknown:
+        raise SystemExit(f"utility: no such row(s): {', '.join(sorted(unknown))} "
+                         f"(rows: {', '.join(r[0] for r in ROWS)})")
+    planned = []
+    for name, arm, clients, kind, row in ROWS:
+        if only and name not in only:
+            continue
+        if args.quick and arm == "federated":
+            clients = min(clients, QUICK_CLIENTS)
+        overrides = {**common, **data[kind], **extra, **row}
+        if arm == "federated":
+            overrides["min-clients"] = clients
+        planned.append({"name": name, "arm": arm, "clients": clients, "data": kind,
+                        "target": target_text(name), "overrides": overrides})
+    return planned
+
+
+def judge(results: list[dict[str, Any]]) -> bool | None:
+    """Fill in each row's comparisons and ``target_met``; True when every measured target is."""
+    by_name = {r["name"]: r for r in results}
+    reference = by_name.get("central-nodp", {}).get("accuracy")
+    for r in results:
+        r["target_met"] = None
+        if r["data"] == "sst2" and reference is not None and r.get("accuracy") is not None:
+            r["points_below_reference"] = round(100 * (reference - r["accuracy"]), 2)
+        if r["name"] in ACCURACY_TARGETS and r.get("accuracy") is not None:
+            r["target_met"] = r["accuracy"] >= ACCURACY_TARGETS[r["name"]][0]
+        twin = by_name.get(NODP_TWIN.get(r["name"], ""), {})
+        if r.get("macro_f1") is not None and twin.get("macro_f1") is not None:
+            r["points_below_nodp"] = round(100 * (twin["macro_f1"] - r["macro_f1"]), 2)
+            if r["name"] in GAP_TARGETS:
+                r["target_met"] = r["points_below_nodp"] <= F1_GAP_POINTS
+    measured = [r["target_met"] for r in results if r["target_met"] is not None]
+    return all(measured) if measured else None
 
 
 def run(args: argparse.Namespace) -> int:
-    p = plan(args)
-    base = {"dataset": args.dataset, "max-train-samples": p["rows"],
-            "num-server-rounds": p["rounds"], "local-epochs": p["local_epochs"],
-            "target-epsilon": 8.0, "delta": 1e-5, "dirichlet-alpha": 0.3,
-            "min-clients": p["num_clients"], "client-threads": 1, "device": args.device,
-            **p["settings"]}
-    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    planned = plan_rows(args)
     threads = os.cpu_count() or 1
     runs = Path(args.runs) if args.runs else runs_dir("utility")
     folder = result_dir(args.quick, args.out)
-    result = header("utility", args.quick, base) | {
-        "num_clients": p["num_clients"], "samples": p["samples"], "runs": str(runs),
-        "target_points": TARGET_POINTS, "results": []}
-    print(f"utility: {p['samples']:,} samples per row, {p['rounds']} rounds, "
-          f"{p['num_clients']} clients, runs in {runs}", flush=True)
-    for name, arm, extra in ROWS:
-        if only and name not in only:
-            continue
-        overrides = {**base, **extra}
-        if arm == "central":
-            out = run_central(overrides, threads, runs, name, timeout_s=args.timeout)
-            samples = out.get("samples_planned")
+    data = {}
+    for p in planned:
+        o = p["overrides"]
+        data.setdefault(p["data"], {k: o[k] for k in (
+            "dataset", "max-train-samples", "max-eval-samples", "num-server-rounds",
+            "local-epochs")})
+    settings = {"target-epsilon": 8.0, "delta": 1e-5, "device": args.device,
+                **parse_run_config(args.run_config)}
+    result = header("utility", args.quick, settings) | {
+        "runs": str(runs), "f1_gap_points": F1_GAP_POINTS, "data": data, "results": []}
+    print(f"utility: {len(planned)} rows, runs in {runs}", flush=True)
+    for p in planned:
+        name, o = p["name"], p["overrides"]
+        if p["arm"] == "central":
+            out = run_central(o, threads, runs, name, timeout_s=args.timeout)
+            out.setdefault("run", str(runs / f"{name}.json"))
+            samples, eps = out.get("samples_planned"), out.get("epsilon")
         else:
-            out = run_federated(overrides, p["num_clients"], runs, name, timeout_s=args.timeout,
+            out = run_federated(o, p["clients"], runs, name, timeout_s=args.timeout,
                                 cpus_per_client=args.cpus_per_client,
                                 gpus_per_client=args.gpus_per_client)
-            samples = out.get("samples")
-        eps = out.get("epsilon") if arm == "central" else out.get("epsilon_max")
-        result["results"].append({"name": name, "arm": arm, **extra, **out,
-                                  "samples": None if samples is None else round(samples),
-                                  "epsilon": eps})
+            samples, eps = out.get("samples"), out.get("epsilon_max")
+        result["results"].append({
+            "name": name, "arm": p["arm"], "data": p["data"], "dataset": o["dataset"],
+            "label_column": o.get("label-column", "label"), "clients": p["clients"],
+            "dp": o["dp"], "target": p["target"], **out,
+            "samples": None if samples is None else round(samples), "epsilon": eps,
+            "target_met": None})
+        result["target_met"] = judge(result["results"])
         save(result, folder)
 
-    by_name = {r["name"]: r for r in result["results"]}
-    reference = by_name.get("central-nodp", {}).get("accuracy")
-    for r in result["results"]:
-        if reference is not None and r.get("accuracy") is not None:
-            r["points_below_reference"] = round(100 * (reference - r["accuracy"]), 2)
-    checked = [by_name[n] for n in ("fed-dir0.3-dp8-fedavg", "fed-dir0.3-dp8-ffa")
-               if n in by_name and "points_below_reference" in by_name[n]]
-    result["target_met"] = (all(r["points_below_reference"] <= TARGET_POINTS for r in checked)
-                            if checked and len(checked) == 2 else None)
+    result["target_met"] = judge(result["results"])
     print("\n" + table(
-        ["setting", "samples", "accuracy", "vs central no-DP", "epsilon", "wall_s", "status"],
-        [[r["name"], r.get("samples"), r.get("accuracy"),
-          0.0 - r["points_below_reference"] if "points_below_reference" in r else None,
-          r.get("epsilon"), r["wall_s"], "ok" if r["ok"] else f"FAILED ({r['log']})"]
+        ["name", "clients", "samples", "accuracy", "macro-F1", "epsilon", "wall_s", "target",
+         "met"],
+        [[r["name"], r["clients"], r.get("samples"), r.get("accuracy"), r.get("macro_f1"),
+          r.get("epsilon"), r["wall_s"], r["target"] or "-",
+          f"FAILED ({r['log']})" if not r["ok"] else
+          "-" if r["target_met"] is None else r["target_met"]]
          for r in result["results"]]))
     verdict = {True: "met", False: "MISSED", None: "not measured"}[result["target_met"]]
-    print(f"Dirichlet DP rows within {TARGET_POINTS:g} points of centralized non-private: "
-          f"{verdict}")
+    print(f"row targets: {verdict}")
     return finish(result, folder, ok=all(r["ok"] for r in result["results"]))
