@@ -19,6 +19,7 @@ Pure arithmetic on a few numbers (no torch), so the planner and the server can a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from logging import INFO, WARNING
@@ -139,7 +140,10 @@ def server_check(cfg: RunConfig, partitions: list[dict], num_clients: int,
 
     n = min(sizes)
     try:
-        sigma = calibrate(cfg, n)
+        # RDP, not the run's accountant: a prediction needs sigma to a few percent, and PRV's
+        # search took minutes inside the simulated ServerApp (seconds on its own); RDP is
+        # closed-form. The clients calibrate their real noise with the run's accountant.
+        sigma = calibrate(dataclasses.replace(cfg, accountant="rdp"), n)
     except ConfigError as exc:
         return WARNING, f"signal-to-noise check skipped: {exc}"
     batch = n * sample_rate(n, batch_size_for(cfg, n))

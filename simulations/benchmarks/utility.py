@@ -165,7 +165,10 @@ def run(args: argparse.Namespace) -> int:
     result = header("utility", args.quick, settings) | {
         "runs": str(runs), "f1_gap_points": F1_GAP_POINTS, "data": data, "results": []}
     print(f"utility: {len(planned)} rows, runs in {runs}", flush=True)
-    for p in planned:
+    # The rows with targets run first (their figures are what a partial run should have);
+    # the results keep the table's order.
+    position = {p["name"]: i for i, p in enumerate(planned)}
+    for p in sorted(planned, key=lambda p: (p["target"] is None, position[p["name"]])):
         name, o = p["name"], p["overrides"]
         if p["arm"] == "central":
             out = run_central(o, threads, runs, name, timeout_s=args.timeout)
@@ -182,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
             "dp": o["dp"], "target": p["target"], **out,
             "samples": None if samples is None else round(samples), "epsilon": eps,
             "target_met": None})
+        result["results"].sort(key=lambda r: position[r["name"]])
         result["target_met"] = judge(result["results"])
         save(result, folder)
 
