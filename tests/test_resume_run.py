@@ -6,7 +6,9 @@ round 2 falls below the minimum and the run stops, after clients 0 and 2 had alr
 for round 2 and had released their updates. Run C resumes B with ``min-clients = 2``. C must not
 charge anyone twice, and its report, ledgers, metrics and final adapter must match A's. All three
 use ``reproducible-noise``: a bit-for-bit comparison needs the same noise, and only a replay of
-the same noise is the same release, which is free (with secret noise it is charged again).
+the same noise is the same release, which is free (with secret noise it is charged again), and
+``optimizer-state = reset``: the moments a client keeps between rounds live in the run's
+``context.state`` and do not survive into the resumed run.
 """
 
 import json
@@ -33,7 +35,10 @@ def runs(tiny_model, toy_data, tmp_path_factory):
     work = tmp_path_factory.mktemp("resume")
     base = {"model": str(tiny_model), "dataset": str(toy_data), "max-length": 32,
             "batch-size": 16, "lr": 0.01, "target-epsilon": 4.0, "delta": 1e-3,
-            "num-server-rounds": 3, "fault-injection": "1:2:raise", "reproducible-noise": True}
+            "num-server-rounds": 3, "fault-injection": "1:2:raise", "reproducible-noise": True,
+            # a resumed run is a new Flower run: each client's kept AdamW moments (context.state)
+            # start afresh, so a bit-for-bit comparison trains without them
+            "optimizer-state": "reset"}
     a = {**base, "output-dir": str(work / "a"), "ledger-dir": str(work / "ledgers-a")}
     code, log = _run(a, work, "a")
     assert code == 0, log[-4000:]

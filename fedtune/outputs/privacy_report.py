@@ -137,6 +137,8 @@ def _released_lines(report: dict[str, Any], client_evaluate: bool | None) -> lis
         "- `partition-id` (a label on real hosts) and `lora-r` (this client's rank): public by "
         "design",
         f"- `train-loss`: {loss}",
+        "- the optimiser's moments (`optimizer-state = keep`): never sent; they stay on the "
+        "client between its rounds",
         "- client evaluation metrics (loss, accuracy / macro-F1 or perplexity, and the number "
         f"of held-out rows) on the client's private held-out rows: "
         f"{evaluation[client_evaluate]}",
