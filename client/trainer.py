@@ -26,6 +26,7 @@ from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader
 
 from fedtune.config import RunConfig
+from fedtune.model.adapter import unwrap
 from fedtune.privacy.accounting import merge_history
 from fedtune.privacy.calibration import (
     batch_size_for,
@@ -58,7 +59,7 @@ def save_moments(optimizer, model) -> dict[str, torch.Tensor]:
     post-processing: it spends no privacy. They stay on the client (the reply carries the adapter
     alone)."""
     inner = getattr(optimizer, "original_optimizer", optimizer)
-    model = getattr(model, "_module", model)  # names as the PEFT model has them, not Opacus's
+    model = unwrap(model)  # names as the PEFT model has them, not Opacus's
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     out = {}
     for p, state in inner.state.items():
@@ -77,7 +78,7 @@ def load_moments(optimizer, model, saved: dict[str, torch.Tensor] | None) -> boo
     changed model) is dropped and the round starts Adam afresh."""
     if not saved:
         return False
-    model = getattr(model, "_module", model)
+    model = unwrap(model)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     for name, p in params:
         if any(f"{name}/{k}" not in saved or saved[f"{name}/{k}"].shape != p.shape

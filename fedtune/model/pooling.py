@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from fedtune.model.adapter import unwrap
+
 HEAD_FILE = "fedtune_head.json"  # written into every saved adapter folder (final/, checkpoints)
 
 
@@ -119,7 +121,7 @@ def read_head_config(folder: str | Path) -> dict:
 
 def head_description(peft_model) -> dict | None:
     """The head config of a PEFT classifier (None for a model that is not one, e.g. causal-LM)."""
-    inner = getattr(peft_model, "_module", peft_model)  # Opacus wraps it
+    inner = unwrap(peft_model)  # Opacus wraps it
     base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     if isinstance(base, PooledClassifier):
         return {"pooling": base.pooling, "num_labels": base.config.num_labels}
