@@ -13,7 +13,8 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.faults import fault_mod
+from client.audit_canaries import with_canaries
+from client.faults import fault_mod, planned_fault
 from client.local_data import client_rows, ledger_fingerprint, rows_digest
 from client.mods import client_clipping_mod
 from client.noise_seed import round_seed
@@ -64,6 +65,7 @@ def train(msg: Message, context: Context) -> Message:
     rank = client_rank(cfg, context.node_config)
     pid, rows, pad_id, labels = _data(msg, context, cfg)
     config = msg.content[CONFIG]
+    rows = with_canaries(cfg, context, config, pid, rows, labels)
     server_round = int(config[SERVER_ROUND])
     run_key = str(config.get(RUN_KEY, context.run_id))
     charge_id = f"{run_key}/round-{server_round}"
@@ -76,8 +78,9 @@ def train(msg: Message, context: Context) -> Message:
         metrics = _metrics(cfg, privacy, pid, rank, None, decision.epsilon_before)
         return _reply(msg, metrics, privacy, refusal=decision.reason)
     model = _model(msg, cfg, len(labels), "train", rank)
+    broken = planned_fault(cfg.fault_injection, pid, server_round) == "no-noise"
     result = train_local(model, rows, pad_id, cfg, privacy.state, seed=seed,
-                         optimizer_state=_moments(context, cfg))
+                         optimizer_state=_moments(context, cfg), skip_noise=broken)
     privacy.finish(result.steps)
     context.state[PRIVACY] = privacy.state.to_record()
     if result.optimizer_state:  # stays in this node's state; the reply carries the adapter only

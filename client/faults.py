@@ -1,8 +1,10 @@
 """Deliberate client faults, to test (and demonstrate) what a run does when clients fail.
 
 Off unless the run config sets ``fault-injection = "<partition>:<round>:<mode>[, ...]"``
-(validated with the other settings): ``raise`` (the ClientApp throws), ``garbage`` (the reply's
-tensors are NaN) or ``hang`` (no reply until ``round-timeout`` has passed).
+(validated with the other settings; ``*`` as the round means every round): ``raise`` (the
+ClientApp throws), ``garbage`` (the reply's tensors are NaN), ``hang`` (no reply until
+``round-timeout`` has passed) or ``no-noise`` (DP-SGD without its noise while the accounting goes on
+as if it were there: the broken-DP client the privacy audit must catch; applied by the trainer).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class InjectedFault(RuntimeError):
 def planned_fault(spec: str, partition_id: int, server_round: int) -> str | None:
     for item in filter(None, (x.strip() for x in spec.split(","))):
         pid, rnd, mode = item.split(":")
-        if int(pid) == partition_id and int(rnd) == server_round:
+        if int(pid) == partition_id and (rnd == "*" or int(rnd) == server_round):
             return mode
     return None
 

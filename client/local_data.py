@@ -32,7 +32,7 @@ def _splits(cfg: RunConfig):
 
 
 @lru_cache(maxsize=2)
-def _tokenizer(cfg: RunConfig):
+def tokenizer_for(cfg: RunConfig):
     return load_tokenizer(cfg)
 
 
@@ -53,7 +53,7 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, split: s
         part = load_partition(source, cfg, partition_id, num_partitions)
     else:  # an even share of the evaluation rows, for federated evaluation
         part = source.shard(num_shards=num_partitions, index=partition_id, contiguous=True)
-    tokenizer = _tokenizer(cfg)
+    tokenizer = tokenizer_for(cfg)
     return task_for(cfg).encode(tokenizer, part, cfg), tokenizer.pad_token_id
 
 
@@ -68,7 +68,7 @@ def node_data(cfg: RunConfig, data_path: str, split: str, labels: tuple[str, ...
     """(rows, pad token id) for ``split`` of this host's own data (node config ``data-path``)."""
     splits = _node_splits(cfg, data_path, labels, holdout_seed)
     part = splits.train if split == "train" else splits.eval
-    tokenizer = _tokenizer(cfg)
+    tokenizer = tokenizer_for(cfg)
     return task_for(cfg).encode(tokenizer, part, cfg), tokenizer.pad_token_id
 
 

@@ -251,6 +251,17 @@ def _noise_generator(params, seed: int, reproducible: bool) -> torch.Generator:
     return torch.Generator(device=params[0].device).manual_seed(noise_seed)
 
 
+def _break_noise(optimizer) -> None:
+    """The ``no-noise`` fault: Opacus's noise step replaced by the clipped sum alone; its
+    accountant hook still records the planned noise multiplier, so the reported epsilon is wrong."""
+    def add_no_noise() -> None:
+        for p in optimizer.params:
+            if getattr(p, "summed_grad", None) is not None:  # ghost clipping: p.grad is the sum
+                p.grad = p.summed_grad.view_as(p)
+
+    optimizer.add_noise = add_no_noise
+
+
 def _noise_only_step(optimizer, params) -> None:
     """An empty Poisson batch under DP: still one noised step, as Opacus takes for an empty
     batch (zero per-sample gradients, so the update is noise of the same std on every trainable
@@ -265,7 +276,8 @@ def _noise_only_step(optimizer, params) -> None:
 
 def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
                 state: PrivacyState, seed: int, *, poisson: bool | None = None,
-                optimizer_state: dict[str, torch.Tensor] | None = None) -> LocalResult:
+                optimizer_state: dict[str, torch.Tensor] | None = None,
+                skip_noise: bool = False) -> LocalResult:
     """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps.
 
     ``dataset`` and the loss are the task's (``tasks/registry``); everything about privacy is
@@ -275,7 +287,8 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     DP, batches are shuffled. ``optimizer_state`` (the previous round's AdamW moments, under
     ``optimizer-state = keep``) continues Adam where this client left it: restarted each round,
     Adam's first steps are about ``lr * sign(gradient)``, and under DP noise that sign is mostly
-    noise (the notes on issue 14).
+    noise (the notes on issue 14). ``skip_noise`` is the ``no-noise`` test fault: clipped but
+    unnoised steps, accounted as if noised (a broken DP-SGD for the privacy audit to catch).
     """
     task = task_for(cfg)
     n = len(dataset)
@@ -312,6 +325,8 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
             model, optimizer, criterion, loader = private
         else:
             model, optimizer, loader = private
+        if skip_noise:
+            _break_noise(optimizer)
         q = sample_rate(n, batch_size)
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
     elif poisson:  # Opacus's own Poisson sampler, from the loader's seeded generator

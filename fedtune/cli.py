@@ -5,6 +5,7 @@
         --target-epsilon 8 --delta 1e-5 [--accountant prv|rdp] [--json] \\
         [--num-clients 10] [--trainable-params D | --model M --lora-r 8 ...] [--recommend]
     fedtune privacy report runs/<name>
+    fedtune privacy audit runs/<name> [--audit-dir FOLDER] [--json]
 """
 
 from __future__ import annotations
@@ -110,6 +111,18 @@ def _report(args: argparse.Namespace) -> int:
                           "folder?")
     write_human_report(privacy_dir)
     print(f"wrote {privacy_dir / 'report.md'} and {privacy_dir / 'epsilon.png'}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from fedtune.audit.run_audit import audit_run, summary
+
+    result = audit_run(args.run_dir, audit_dir=args.audit_dir)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(summary(result))
+    print(f"wrote {Path(args.run_dir) / 'privacy' / 'audit.json'}")
     return 0
 
 
@@ -277,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
         description=_para("Rewrite <run_dir>/privacy/report.md and epsilon.png from report.json."))
     r.add_argument("run_dir", help="the run folder (output-dir), e.g. runs/20261129-120000")
     r.set_defaults(func=_report)
+    a = sub.add_parser(
+        "audit", formatter_class=_Help,
+        help="empirical privacy audit of a finished run (audit-canaries, audit-canary-clients)",
+        description=_para(
+            "Score the run's final model on its audit canaries and write privacy/audit.json "
+            "and a section of privacy/report.md: a one-run epsilon lower bound (sample level) "
+            "and a canary-client estimate (client level). A bound above the reported epsilon "
+            "means the DP guarantee is broken; a low bound proves nothing."))
+    a.add_argument("run_dir", help="the run folder (output-dir)")
+    a.add_argument("--audit-dir", default=None,
+                   help="the audit client's folder with the canaries' coins (default: the "
+                        "run-config audit-dir, else <run_dir>/audit)")
+    a.add_argument("--json", action="store_true", help="print audit.json's content")
+    a.set_defaults(func=_audit)
     return parser
 
 

@@ -279,6 +279,27 @@ class RunConfig:
         "who clips the updates: `server` or `client` (Flower's `...ServerSideFixedClipping` / "
         "`...ClientSideFixedClipping`)",
         choices=CLIENT_DP_SIDES)
+    audit_canaries: int = setting(
+        0,
+        "empirical privacy audit (one-run, sample level): `m` canary records, each put into "
+        "client `audit-client`'s training rows with probability 1/2 by a secret coin; after the "
+        "run the final model is scored on them and `privacy/audit.json` gets an epsilon lower "
+        "bound (see [the audit](privacy.md#empirical-privacy-audit)); 0 = off; `seq-cls` only",
+        min=0, check=lambda v: v == 0 or v >= 10, message="use 0 (off) or at least 10 canaries",
+        allowed="0, or >= 10", note=" (0 = off)")
+    audit_client: int = setting(
+        0, "partition id of the client whose rows get the audit's canaries", min=0)
+    audit_dir: str = setting(
+        "",
+        "where the audit client keeps the canaries' secret coins; empty = `audit/` in the run "
+        "folder (simulation; on real hosts: node config `audit-dir`)")
+    audit_canary_clients: int = setting(
+        0,
+        "client-level audit (`dp` = `client` or `both`): this many canary clients, each "
+        "sampled like a real client and sending one fixed random direction, plus as many "
+        "never-sent directions; the final model delta's cosines estimate epsilon; 0 = off",
+        min=0, check=lambda v: v == 0 or v >= 2, message="use 0 (off) or at least 2",
+        allowed="0, or >= 2", note=" (0 = off)")
 
     # --- client data and partitions ---
     client_data: str = setting(
@@ -317,12 +338,14 @@ class RunConfig:
         min=0, min_open=True)
     fault_injection: str = setting(
         "",
-        "testing only: `'<partition>:<round>:<raise|garbage|hang>'` items make those clients "
-        "fail on purpose (see "
+        "testing only: `'<partition>:<round>:<raise|garbage|hang|no-noise>'` items make those "
+        "clients fail on purpose (`*` = every round; `no-noise` skips the DP noise while the "
+        "accounting goes on: a broken-DP client for the audit) (see "
         "[Failures and resuming](outputs-and-resume.md#failures-and-resuming))",
-        check=lambda v: all(re.fullmatch(r"\d+:\d+:(raise|garbage|hang)", x.strip())
+        check=lambda v: all(re.fullmatch(r"\d+:(\d+|\*):(raise|garbage|hang|no-noise)", x.strip())
                             for x in v.split(",") if x.strip()),
-        message="give '<partition>:<round>:<raise|garbage|hang>' items separated by commas, "
+        message="give '<partition>:<round>:<raise|garbage|hang|no-noise>' items separated by "
+                "commas (round * = every round), "
                 "e.g. '1:2:raise' (empty = no faults; for testing only)",
         allowed="`P:R:kind` items")
     eval_batch_size: int = setting(128, "batch size of central evaluation", min=1)
@@ -562,6 +585,12 @@ def validate(cfg: RunConfig) -> RunConfig:
            cfg.fraction_evaluate,
            "client evaluation releases metrics of each client's private held-out rows without "
            "DP; set client-evaluate = true to allow it, or fraction-evaluate = 0")
+    _check(cfg.audit_canaries == 0 or cfg.task == "seq-cls", "audit-canaries",
+           cfg.audit_canaries, "the canary audit scores labelled records: it needs task = "
+           "'seq-cls'; set audit-canaries = 0")
+    _check(cfg.audit_canary_clients == 0 or cfg.client_dp_enabled, "audit-canary-clients",
+           cfg.audit_canary_clients, "the client-level audit measures DP-FedAvg: it needs "
+           "dp = 'client' or 'both'; set audit-canary-clients = 0")
     _check(not cfg.resume or bool(cfg.output_dir.strip()), "resume", cfg.resume,
            "resume = true needs 'output-dir' set to the run folder to continue")
     return cfg
@@ -617,6 +646,13 @@ def from_run_config(run_config: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(unknown_key_message(key))
         values[f.name] = _coerce(key, raw, _default(f))
     return validate(RunConfig(**values, extra=extra))
+
+
+def from_stored(config: Mapping[str, Any]) -> RunConfig:
+    """The :class:`RunConfig` of a finished run from its ``config.json``, which also records
+    what the server found (``num-clients``, ``labels``, ...): only settings are read."""
+    return from_run_config({k: v for k, v in config.items()
+                            if k in _FIELDS or k.startswith("x-")})
 
 
 def describe() -> list[dict[str, Any]]:

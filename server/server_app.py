@@ -7,14 +7,15 @@ report, checkpoint).
 
 from __future__ import annotations
 
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedtune.arrays import to_tensors
-from fedtune.config import from_run_config
+from fedtune.audit.run_audit import audit_run, summary
+from fedtune.config import ConfigError, from_run_config
 from fedtune.console import quiet_libraries, run_summary
 from fedtune.model.adapter import load_adapter_state
 from fedtune.outputs.run_folder import RunFolder
@@ -51,6 +52,21 @@ def finish_run(run: PreparedRun, final) -> None:
     samples = run.task.samples(run.cfg, run.model, run.tokenizer, run.splits)
     if samples:
         run.folder.write_samples(samples)
+    if run.cfg.audit_canaries or run.cfg.audit_canary_clients:
+        audit_at_end(run)
+
+
+def audit_at_end(run: PreparedRun) -> None:
+    """The run's privacy audit, once its final adapter is saved. On real hosts the canaries'
+    coins are on the audit client's disk, not here: the log says how to audit there."""
+    try:
+        result = audit_run(run.folder.root, audit_dir=run.cfg.audit_dir or None,
+                           model=run.model, tokenizer=run.tokenizer)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        log(WARNING, "privacy audit not done here: %s; on the audit client's host run: fedtune "
+            "privacy audit %s --audit-dir <its audit folder>", exc, run.folder.root)
+        return
+    log(INFO, "%s", summary(result))
 
 
 def report_failure(run: PreparedRun, failed_round: int) -> None:

@@ -56,6 +56,9 @@ class LoraStrategy(FedAvg):
                  max_update_norm: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.client_dp = None
+        # The client-level audit's canary clients (``audit-canary-clients``), added to the
+        # clipped sum by strategies that apply ``client_dp``.
+        self.client_canaries = None
         self.min_replies = min_replies
         self.optimizer = server_optimizer or ServerOptimizer()
         self.max_update_norm = max_update_norm

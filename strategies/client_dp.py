@@ -80,10 +80,16 @@ class ClientLevelDP:
         return {k: d * scale for k, d in delta.items()}
 
     def noisy_mean(self, reference: Mapping[str, np.ndarray],
-                   replies: Iterable[Mapping[str, np.ndarray]]) -> Arrays:
+                   replies: Iterable[Mapping[str, np.ndarray]],
+                   canaries: Iterable[Mapping[str, np.ndarray]] = ()) -> Arrays:
         """``reference + (sum of clipped updates + N(0, (z C)^2)) / m``, in ``reference``'s
-        dtypes; every sampled client that sent nothing usable counts as a zero update."""
+        dtypes; every sampled client that sent nothing usable counts as a zero update.
+        ``canaries``: the audit's canary clients' replies, clipped and summed like any other
+        (they are extra clients of the audit run, not counted against the sampled ``m``)."""
         total = {k: np.zeros(np.shape(v), np.float64) for k, v in reference.items()}
+        for arrays in canaries:
+            for k, d in self.clipped_update(arrays, reference).items():
+                total[k] += d
         count = 0
         for arrays in replies:
             count += 1

@@ -44,8 +44,11 @@ class LoraFedAvg(LoraStrategy):
                 raise RuntimeError("client-level DP clips each update against the adapter sent "
                                    "this round: call configure_train first")
             # The Gaussian mechanism's output; the optimiser step below is post-processing.
-            mean = self.client_dp.noisy_mean(self.sent_part(self.global_),
-                                             [arrays for _, arrays, _ in accepted])
+            reference = self.sent_part(self.global_)
+            canaries = (self.client_canaries.updates(server_round, reference)
+                        if self.client_canaries is not None else [])
+            mean = self.client_dp.noisy_mean(reference, [arrays for _, arrays, _ in accepted],
+                                             canaries)
         else:
             mean = weighted_mean([(arrays, w) for _, arrays, w in accepted])
         if self.global_ is None:  # used without configure_train: nothing to step from

@@ -6,6 +6,7 @@ from __future__ import annotations
 from flwr.serverapp.strategy import Strategy
 
 from fedtune.config import RunConfig
+from fedtune.privacy.audit.client_canaries import ClientCanaries
 from fedtune.protocol import UNIT_WEIGHT
 from strategies import client_dp
 from strategies.base import LoraStrategy
@@ -37,6 +38,10 @@ def build_strategy(cfg: RunConfig, num_clients: int) -> Strategy:
     if cfg.client_dp_enabled:
         common["weighted_by_key"] = UNIT_WEIGHT
     strategy = STRATEGIES[cfg.aggregation](**common)
+    if cfg.audit_canary_clients:
+        rate = client_dp.sampled_per_round(cfg, num_clients) / num_clients
+        strategy.client_canaries = ClientCanaries(cfg.audit_canary_clients, cfg.seed, rate,
+                                                  cfg.client_clipping_norm)
     return client_dp.wrap(strategy, cfg, num_clients) if cfg.client_dp_enabled else strategy
 
 

@@ -12,25 +12,38 @@ FILLER = ["the", "movie", "film", "was", "plot", "acting", "really", "quite", "v
           "story", "and", "its", "cast", "ending", "music", "scenes", "overall"]
 
 
-def make_tiny_bert(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT (random weights) and a WordPiece tokenizer over the toy words."""
+def rare_words(n: int) -> list[str]:
+    """``n`` made-up words ("wabaca", ...) that no toy sentence uses: what a real vocabulary's
+    long tail is to the privacy audit's canaries."""
+    letters = "bcdfgklmnprstvz"
+    vowels = "aeiou"
+    return [letters[i % 15] + vowels[(i // 15) % 5] + letters[(i // 75) % 15] + vowels[i % 5]
+            + letters[(i // 7) % 15] + "a" for i in range(n)]
+
+
+def make_tiny_bert(folder: Path, rare: int = 0, width: int = 32) -> Path:
+    """A 2-layer, ``width``-wide BERT (random weights) and a WordPiece tokenizer over the toy
+    words (and ``rare`` made-up words)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER,
+             *rare_words(rare)]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     # transformers 5 takes the vocabulary as ``vocab``; its old ``vocab_file`` keyword is
     # silently ignored and leaves a tokenizer that maps every word to [UNK].
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     tokenizer.save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=width, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=2 * width,
+                        max_position_embeddings=64)
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 
 
 def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean",
-                                   sentiment_feature: float = 0.0) -> Path:
+                                   sentiment_feature: float = 0.0, rare: int = 0,
+                                   width: int = 32) -> Path:
     """The tiny BERT saved the way sentence-transformers saves a model: ``modules.json`` naming a
     Pooling module whose ``config.json`` declares ``pooling`` (``mean`` or ``cls``).
 
@@ -38,7 +51,7 @@ def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean",
     embeddings are moved by +v and the negative words' by -v (|v| = that value), so a pooled
     feature separates the toy labels linearly. A random tiny BERT has no such feature, and under
     DP noise its head cannot find one in a few dozen steps (it predicts one class)."""
-    make_tiny_bert(folder)
+    make_tiny_bert(folder, rare, width)
     if sentiment_feature > 0:
         _plant_sentiment_direction(folder, sentiment_feature)
     (folder / "modules.json").write_text(json.dumps([
@@ -48,7 +61,7 @@ def make_tiny_sentence_transformer(folder: Path, pooling: str = "mean",
     ]))
     (folder / "1_Pooling").mkdir(exist_ok=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
+        "word_embedding_dimension": width, "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False}))
     return folder
 

@@ -145,7 +145,37 @@ def _released_lines(report: dict[str, Any], client_evaluate: bool | None) -> lis
     ]
 
 
-def render(report: dict[str, Any], client_evaluate: bool | None = None) -> str:
+def _audit_lines(audit: dict[str, Any]) -> list[str]:
+    """The section of ``fedtune privacy audit``'s results (``audit.json``)."""
+    lines = ["", "## Empirical privacy audit", "",
+             "A measured check on the epsilon above: an audit's lower bound is what the trained "
+             "model shows to leak at 95% confidence. It must stay at or below the reported "
+             "epsilon; a low bound is no proof of privacy (the audit sees one model and its own "
+             "canaries)."]
+    s = audit.get("sample_level")
+    if s:
+        lines += [
+            "", f"- sample level, client {s['audit_client']}: {s['m']} canaries, "
+            f"{s['inserted']} inserted by secret coin; {s['correct']} of {s['guesses']} guesses "
+            f"right (k+ = {s['k_plus']}, k- = {s['k_minus']}, score: {s.get('score')})",
+            f"- **epsilon lower bound {_f(s['epsilon_lower_bound'])}** at delta {s['delta']:g} "
+            f"(confidence {s['confidence']:.0%}); reported epsilon {_f(s['reported_epsilon'])}",
+            f"- {s['verdict']}"]
+    c = audit.get("client_level")
+    if c:
+        lines += [
+            "", f"- client level: {c['canary_clients']} canary clients; cosine with the final "
+            f"delta {c['canary_cosine_mean']:.3g} ± {c['canary_cosine_std']:.3g} (null: 0 ± "
+            f"{c['null_cosine_std']:.3g}, observed {c['null_cosine_mean_observed']:.3g} ± "
+            f"{c['null_cosine_std_observed']:.3g})",
+            f"- **epsilon estimate {_f(c['epsilon_estimate'])}** (an estimate, not a bound); "
+            f"reported user-level epsilon {_f(c['reported_epsilon'])}",
+            f"- {c['verdict']}"]
+    return lines
+
+
+def render(report: dict[str, Any], client_evaluate: bool | None = None,
+           audit: dict[str, Any] | None = None) -> str:
     sample_level = sample_level_dp(report)
     lines = _sample_level_lines(report) if sample_level else _no_dp_lines(report)
     refusals = [(c["partition_id"], r) for c in report["clients"]
@@ -179,6 +209,8 @@ def render(report: dict[str, Any], client_evaluate: bool | None = None) -> str:
             f"(RDP; dp-accounting RDP check {_f(level.get('crosscheck_rdp_epsilon'))})",
         ]
     lines += _released_lines(report, client_evaluate)
+    if audit:
+        lines += _audit_lines(audit)
     if sample_level:
         lines += ["", "![epsilon per round](epsilon.png)", ""]
     else:
@@ -197,5 +229,7 @@ def write_human_report(privacy_dir: str | Path, report: dict[str, Any] | None = 
     config_path = privacy_dir.parent / "config.json"  # the run folder's, when there is one
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     evaluated = bool(config.get("client-evaluate")) if "client-evaluate" in config else None
-    write_text(privacy_dir / "report.md", render(report, evaluated))
+    audit_path = privacy_dir / "audit.json"  # fedtune privacy audit's, when it has run
+    audit = json.loads(audit_path.read_text()) if audit_path.is_file() else None
+    write_text(privacy_dir / "report.md", render(report, evaluated, audit))
     epsilon_png(privacy_dir / "epsilon.png", report)

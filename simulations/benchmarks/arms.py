@@ -53,6 +53,16 @@ def summarise(run: Path) -> dict[str, Any]:
     }
 
 
+def read_audit(run: Path) -> dict[str, Any]:
+    """The sample-level audit a run wrote at its end (``privacy/audit.json``), flattened."""
+    path = run / "privacy" / "audit.json"
+    if not path.is_file():
+        return {"audit": "missing"}
+    s = json.loads(path.read_text()).get("sample_level") or {}
+    return {k: s.get(k) for k in ("epsilon_lower_bound", "reported_epsilon", "correct", "guesses",
+                                  "score", "m", "inserted", "verdict", "tries")}
+
+
 def run_federated(overrides: dict[str, Any], num_clients: int, folder: Path, name: str, *,
                   timeout_s: float, cpus_per_client: int = 1, gpus_per_client: float = 0.0
                   ) -> dict[str, Any]:
