@@ -23,15 +23,15 @@ AUDIT_FOLDER = "audit"  # in the run folder, when neither node nor run config na
 
 
 def audit_folder(cfg: RunConfig, context: Context, config: ConfigRecord) -> Path:
-    """Node config ``audit-dir`` (a real host's own disk), else run config ``audit-dir``, else
-    ``audit/`` in the run folder (a simulation: server and clients share the disk)."""
-    named = str(context.node_config.get("audit-dir") or cfg.audit_dir)
-    if named:
-        return Path(named)
+    """Node config ``audit-dir`` (a real host's own disk: the only place a real host writes
+    coins, never a folder the server names), else, in a simulation (server and clients share
+    the disk), run config ``audit-dir`` or ``audit/`` in the run folder."""
+    if own := str(context.node_config.get("audit-dir") or ""):
+        return Path(own)
     if cfg.client_data == "local":
         raise ConfigError("audit-canaries is set but this host has no audit folder: start "
                           "flower-supernode with --node-config \"audit-dir='/path/on/this/host'\"")
-    return Path(str(config[RUN_KEY])) / AUDIT_FOLDER
+    return Path(cfg.audit_dir or Path(str(config[RUN_KEY])) / AUDIT_FOLDER)
 
 
 def with_canaries(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int, rows,

@@ -65,12 +65,12 @@ def train(msg: Message, context: Context) -> Message:
     rank = client_rank(cfg, context.node_config)
     pid, rows, pad_id, labels = _data(msg, context, cfg)
     config = msg.content[CONFIG]
-    rows = with_canaries(cfg, context, config, pid, rows, labels)
+    own_rows, rows = rows, with_canaries(cfg, context, config, pid, rows, labels)
     server_round = int(config[SERVER_ROUND])
     run_key = str(config.get(RUN_KEY, context.run_id))
     charge_id = f"{run_key}/round-{server_round}"
     seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
-    privacy = _privacy(cfg, context, config, pid, rows, labels)
+    privacy = _privacy(cfg, context, config, pid, rows, labels, own_rows)
     release = Release(msg.content[ARRAYS], config, seed, rank, rows_digest(rows))
     decision = privacy.admit(run_key, charge_id, release)
     if not decision.allowed:  # no update leaves the client; the reply says why
@@ -126,11 +126,16 @@ def _data(msg: Message, context: Context, cfg: RunConfig, split: str = "train"):
 
 
 def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
-             rows, labels: tuple[str, ...] = ()) -> ClientBudget:
+             rows, labels: tuple[str, ...] = (), own_rows=None) -> ClientBudget:
     """This client's budget: its saved state (on a resumed run raised, never lowered, by the
     state the server checkpointed), its ledger on real hosts, and the host's own limits (node
-    config ``max-epsilon``, ``max-delta``, ``require-dp``)."""
-    ledger = _ledger(cfg, context, rows, labels) if cfg.dp_enabled else None
+    config ``max-epsilon``, ``max-delta``, ``require-dp``).
+
+    ``rows`` are what it trains on (its size sets q); the ledger is keyed by ``own_rows``, its
+    own records without the audit's canaries: a server that switches the audit on must not
+    open a fresh ledger, and so a fresh budget, for the same records."""
+    own_rows = rows if own_rows is None else own_rows
+    ledger = _ledger(cfg, context, own_rows, labels) if cfg.dp_enabled else None
     return ClientBudget.open(cfg, context.state.get(PRIVACY), len(rows), ledger,
                              key=client_key(cfg, context.node_config, context.node_id, pid),
                              config=config, policy=HostPolicy.from_node_config(context.node_config))

@@ -22,7 +22,7 @@ from typing import Any
 from fedtune.atomic import write_bytes, write_text
 from fedtune.project import PROJECT_ROOT
 
-ORDER = ("throughput", "federation", "bytes", "utility", "scale", "strategies")
+ORDER = ("throughput", "federation", "bytes", "utility", "scale", "strategies", "audit")
 FULL_COMMANDS = {
     "throughput": "python -m simulations.bench throughput",
     "federation": "python -m simulations.bench federation",
@@ -30,6 +30,7 @@ FULL_COMMANDS = {
     "utility": "python -m simulations.bench utility",
     "scale": "python -m simulations.bench scale",
     "strategies": "python -m simulations.bench strategies",
+    "audit": "python -m simulations.bench audit",
 }
 
 
@@ -189,6 +190,28 @@ def section_strategies(r: dict[str, Any]) -> str:
     return md_table(["strategy", "accuracy", "bytes up per round", "epsilon", "wall s"], rows)
 
 
+AUDIT_TARGETS = {"dp8": "audit at epsilon 8: lower bound <= reported epsilon",
+                 "off": "audit without DP: lower bound >= 2",
+                 "broken": "audit of a noise-free DP-SGD (reports epsilon 1): flagged"}
+
+
+def section_audit(r: dict[str, Any]) -> str:
+    met = r.get("targets_met") or {}
+    rows = [[name, x.get("epsilon_lower_bound"), x.get("reported_epsilon"),
+             f"{x.get('correct')}/{x.get('guesses')}", x.get("score"), x.get("inserted"),
+             x.get("wall_s"), verdict(met.get(name))]
+            for name, x in r["results"].items()]
+    s = r["settings"]
+    return (md_table(["run", "epsilon lower bound", "reported epsilon", "correct / guesses",
+                      "best score", "canaries inserted", "run wall s", "target"], rows)
+            + f"\n\nSST-2, all-MiniLM-L6-v2, 2 clients of {s.get('max-train-samples', 0) // 2} "
+            f"rows; client 0 holds {s.get('audit-canaries')} canaries (each inserted by a "
+            f"secret coin); 1 round of {s.get('local-epochs')} local epochs, lr {s.get('lr')}, "
+            f"delta {s.get('delta')}. Lower bounds at 95% confidence (one-run audit, Steinke et "
+            "al. 2023). `broken` skips the DP noise on the audit client while reporting "
+            "epsilon 1 (`fault-injection = 0:*:no-noise`).")
+
+
 def summary_rows(results: dict[str, dict[str, Any]], tag: str) -> list[list[Any]]:
     rows = []
     if r := results.get("throughput"):
@@ -211,6 +234,11 @@ def summary_rows(results: dict[str, dict[str, Any]], tag: str) -> list[list[Any]
             rows.append([f"utility{tag}", x["target"], value, verdict(x["target_met"])])
         if not measured:
             rows.append([f"utility{tag}", "row targets", "–", verdict(None)])
+    if r := results.get("audit"):
+        for name, x in r["results"].items():
+            rows.append([f"audit{tag}", AUDIT_TARGETS.get(name, name),
+                         fmt(x.get("epsilon_lower_bound")),
+                         verdict((r.get("targets_met") or {}).get(name))])
     if r := results.get("scale"):
         rows.append([f"scale{tag}", "peak memory flat in the number of clients",
                      f"{fmt(r.get('rss_growth'))}x", verdict(r.get("target_met"))])
@@ -271,7 +299,8 @@ def render(results: dict[str, dict[str, Any]], gpu: dict[str, dict[str, Any]],
                 "bytes": ("Bytes uploaded per client per round", section_bytes),
                 "utility": ("Utility: accuracy and macro-F1 at epsilon 8 (SST-2, TREC)", None),
                 "scale": ("Scale: 100 and 1,000 simulated clients", section_scale),
-                "strategies": ("Strategies: fedavg vs ffa vs hetero-rank", section_strategies)}
+                "strategies": ("Strategies: fedavg vs ffa vs hetero-rank", section_strategies),
+                "audit": ("Privacy audit: lower bounds on epsilon", section_audit)}
     for name in ORDER:
         title, fn = sections[name]
         for tag, source in (("", results), (" (GPU)", gpu)):

@@ -71,7 +71,8 @@ def _federate(overrides: dict, clients: int, rounds: int, run_key: str | None) -
             out.epsilon = max(out.epsilon, float(reply.content[METRICS][EPSILON]))
             replies.append(Message(content=reply.content, metadata=meta(node)))
         out.replies += replies
-        arrays, _ = strategy.aggregate_train(rnd, replies)
+        new, _ = strategy.aggregate_train(rnd, replies)
+        arrays = new if new is not None else arrays  # None: every client refused
         load_adapter_state(model, to_tensors(arrays))
         out.accuracy.append(task.evaluate(cfg, model, eval_set, tokenizer.pad_token_id,
                                           len(labels))["accuracy"])

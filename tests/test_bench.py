@@ -88,8 +88,18 @@ def _sample_results(folder, gpu_name=None):
                            {**row, "ok": False, "name": "fed100-iid-dp8", "clients": 100,
                             "dp": "sample", "target": "100 clients IID DP accuracy >= 0.78",
                             "target_met": None, "series": []}]}
+    audit = {**common, "benchmark": "audit",
+             "settings": {"max-train-samples": 600, "audit-canaries": 1000, "local-epochs": 15.0,
+                          "lr": 0.003, "delta": 1e-5},
+             "targets_met": {"dp8": True, "off": False},
+             "results": {"dp8": {"ok": True, "epsilon_lower_bound": 0.0, "reported_epsilon": 7.99,
+                                 "correct": 55, "guesses": 100, "score": "black-box margin",
+                                 "inserted": 497, "wall_s": 400.0},
+                         "off": {"ok": True, "epsilon_lower_bound": 1.5, "reported_epsilon": None,
+                                 "correct": 95, "guesses": 100, "score": "white-box gradient",
+                                 "inserted": 497, "wall_s": 380.0}}}
     folder.mkdir(parents=True, exist_ok=True)
-    for r in (throughput, utility):
+    for r in (throughput, utility, *([audit] if not gpu_name else [])):
         (folder / f"{r['benchmark']}.json").write_text(json.dumps(r))
 
 
@@ -112,6 +122,8 @@ def test_results_page_is_rebuilt_from_the_json_files(tmp_path):
     assert "## Throughput: local training, DP vs no DP (GPU)" in text
     assert "GPU Test GPU 80GB" in text and "CPU; 2 cores (Test CPU)" in text
     assert "Not run yet: `python -m simulations.bench scale`" in text
+    assert "| audit | audit without DP: lower bound >= 2 | 1.500 | **MISSED** |" in text
+    assert "| off | 1.500 | – | 95/100 | white-box gradient | 497 | 380.000 | **MISSED** |" in text
     for png in ("accuracy.png", "epsilon.png", "gpu/accuracy-gpu.png", "gpu/epsilon-gpu.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](results/{png})" in text

@@ -8,6 +8,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
+from fedtune.cli import main as fedtune_cli
 from fedtune.config import from_run_config
 from fedtune.launch.simulation import run_simulation
 from fedtune.privacy.calibration import planned_steps
@@ -21,6 +22,7 @@ def finished_run(tiny_model, toy_data, tmp_path_factory):
         "max-length": 32, "num-server-rounds": 2, "batch-size": 16, "lr": 0.01,
         "target-epsilon": 8.0, "delta": 1e-3, "output-dir": str(work / "run"),
         "fraction-evaluate": 1.0, "client-evaluate": True,
+        "audit-canaries": 20, "audit-client": 0,
     }
     code = run_simulation(overrides, num_clients=3, workdir=work, log_path=work / "log.txt",
                           timeout_s=600)
@@ -72,6 +74,22 @@ def test_privacy_report_matches_the_plan(finished_run):
         assert 0.95 * 8.0 <= c["epsilon"] <= 8.0
         assert c["noise_multiplier"] > 0 and 0 < c["sample_rate"] <= 1
     assert report["max_epsilon"] == max(c["epsilon"] for c in clients)
+
+
+def test_the_run_audits_itself_and_the_cli_agrees(finished_run, capsys):
+    run, _ = finished_run
+    audit = json.loads((run / "privacy" / "audit.json").read_text())["sample_level"]
+    assert audit["m"] == 20 and audit["audit_client"] == 0
+    assert 0 <= audit["correct"] <= audit["guesses"] <= 20
+    assert audit["epsilon_lower_bound"] <= audit["reported_epsilon"] <= 8.0
+    assert audit["verdict"].startswith("consistent")
+    coins = run / "audit" / "canaries.json"  # the audit client's folder: owner-only
+    assert coins.stat().st_mode & 0o077 == 0
+    assert "## Empirical privacy audit" in (run / "privacy" / "report.md").read_text()
+    assert fedtune_cli(["privacy", "audit", str(run), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)["sample_level"]
+    assert {k: again[k] for k in ("correct", "guesses", "epsilon_lower_bound")} == {
+        k: audit[k] for k in ("correct", "guesses", "epsilon_lower_bound")}
 
 
 def test_config_and_partitions_are_written(finished_run):
