@@ -19,6 +19,7 @@ from client.local_data import client_rows, ledger_fingerprint, rows_digest
 from client.mods import client_clipping_mod
 from client.noise_seed import round_seed
 from client.rank import client_rank
+from client.secure_aggregation import secure_aggregation_mod
 from client.trainer import LocalResult, train_local
 from fedtune.arrays import to_record, to_tensors
 from fedtune.config import ConfigError, RunConfig, from_run_config
@@ -55,7 +56,8 @@ from fedtune.protocol import (
 )
 from fedtune.tasks.registry import task_for
 
-app = ClientApp(mods=[fault_mod, client_clipping_mod])
+# secure_aggregation_mod outermost: everything inside it sees fedtune's usual training message.
+app = ClientApp(mods=[secure_aggregation_mod, fault_mod, client_clipping_mod])
 
 
 @app.train()

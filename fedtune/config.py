@@ -29,6 +29,7 @@ AGGREGATIONS = ("fedavg", "ffa", "hetero-rank")
 SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
 DP_MODES = ("off", "sample", "client", "both")
 CLIENT_DP_SIDES = ("server", "client")
+SECURE_AGGREGATIONS = ("off", "secagg+")
 ACCOUNTANTS = ("prv", "rdp")
 LR_SCHEDULES = ("constant", "linear")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
@@ -279,6 +280,35 @@ class RunConfig:
         "who clips the updates: `server` or `client` (Flower's `...ServerSideFixedClipping` / "
         "`...ClientSideFixedClipping`)",
         choices=CLIENT_DP_SIDES)
+    secure_aggregation: str = setting(
+        "off",
+        "`secagg+`: the server learns only the weighted sum of the clients' updates (Flower's "
+        "SecAgg+ protocol over quantised updates); `off`. See "
+        "[secure aggregation](privacy.md#secure-aggregation)",
+        choices=SECURE_AGGREGATIONS)
+    secagg_num_shares: float = setting(
+        1.0,
+        "SecAgg+: clients each one shares its secrets with; a fraction of the sampled clients "
+        "when <= 1, else a count",
+        min=0, min_open=True)
+    secagg_reconstruction_threshold: float = setting(
+        0.67,
+        "SecAgg+: shares needed to unmask a dropped client; a fraction of the shares when <= 1, "
+        "else a count; the round fails below it",
+        min=0, min_open=True)
+    secagg_clipping_range: float = setting(
+        1.0,
+        "SecAgg+: each update value (reply minus what was sent) must lie in [-range, range]; "
+        "values outside are clipped to it and counted in the report",
+        min=0, min_open=True)
+    secagg_quantization_range: int = setting(
+        4194304, "SecAgg+: integer levels of the quantised range (2^22)", min=2)
+    secagg_max_weight: float = setting(
+        0.0,
+        "SecAgg+: the largest client weight (its `num-examples`; 1 under client-level DP); the "
+        "quantisation error grows with it, so keep it tight; 0 = auto (the largest partition in "
+        "a simulation; real hosts must set it); a client with more fails the round",
+        min=0, note=" (0 = auto)")
     audit_canaries: int = setting(
         0,
         "empirical privacy audit (one-run, sample level): `m` canary records, each put into "
@@ -585,6 +615,8 @@ def validate(cfg: RunConfig) -> RunConfig:
            cfg.fraction_evaluate,
            "client evaluation releases metrics of each client's private held-out rows without "
            "DP; set client-evaluate = true to allow it, or fraction-evaluate = 0")
+    if cfg.secure_aggregation != "off":
+        _check_secure_aggregation(cfg)
     _check(cfg.audit_canaries == 0 or cfg.task == "seq-cls", "audit-canaries",
            cfg.audit_canaries, "the canary audit scores labelled records: it needs task = "
            "'seq-cls'; set audit-canaries = 0")
@@ -594,6 +626,29 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(not cfg.resume or bool(cfg.output_dir.strip()), "resume", cfg.resume,
            "resume = true needs 'output-dir' set to the run folder to continue")
     return cfg
+
+
+def _check_secure_aggregation(cfg: RunConfig) -> None:
+    """Settings that need each client's update in clear cannot run under secure aggregation."""
+    key, value = "secure-aggregation", cfg.secure_aggregation
+    _check(cfg.aggregation in ("fedavg", "ffa"), key, value,
+           f"aggregation = '{cfg.aggregation}' needs each client's update (it re-factorises "
+           "them one by one); use aggregation = 'fedavg' or 'ffa', or secure-aggregation = 'off'")
+    _check(cfg.max_update_norm == 0, key, value,
+           "max-update-norm validates each client's update, which the server never sees under "
+           "secure aggregation; set max-update-norm = 0 or secure-aggregation = 'off'")
+    _check(not cfg.client_dp_enabled or cfg.client_dp_side == "client", key, value,
+           "client-level DP with client-dp-side = 'server' clips each update on the server; "
+           "use client-dp-side = 'client' (clients clip before masking)")
+    _check(cfg.client_data == "partition" or cfg.client_dp_enabled or cfg.secagg_max_weight > 0,
+           "secagg-max-weight", cfg.secagg_max_weight,
+           "with client-data = 'local' the server cannot know the clients' sizes: set "
+           "secagg-max-weight to the largest num-examples a client may have")
+    _check(cfg.min_clients >= 2, key, value,
+           "secure aggregation needs at least 2 clients per round; set min-clients >= 2")
+    _check(cfg.secagg_quantization_range < 2**32 // max(int(cfg.secagg_num_shares), 1), key,
+           value, "secagg-quantization-range times secagg-num-shares must stay below the "
+           "modulus 2^32")
 
 
 def suggest(key: str) -> list[str]:

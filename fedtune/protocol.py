@@ -51,6 +51,13 @@ PARTITION_ID = "partition-id"
 DATASET_SIZE = "dataset-size"
 LORA_R = "lora-r"
 
+# --- secure aggregation (secagg+): what travels beside the masked update ---------------------
+SECAGG_KEYS = "fedtune-keys"  # in the legacy FitIns config: the arrays' names, in order (JSON)
+SECAGG_CLIPPED = "secagg-clipped"  # update values the clipping range cut (never silently)
+SECAGG_VALUES = "secagg-values"  # update values the client masked
+SECAGG_PRIVACY = "privacy-record"  # the PRIVACY record as JSON (legacy metrics take scalars)
+SECAGG_REFUSAL = "refusal-reason"  # a refusal's reason (its update is zero, weight 0)
+
 # --- what a strategy adds to a round's aggregated metrics ------------------------------------
 EPSILON_MAX = "epsilon-max"
 

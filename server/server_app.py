@@ -21,6 +21,7 @@ from fedtune.model.adapter import load_adapter_state
 from fedtune.outputs.run_folder import RunFolder
 from server.prepare import PreparedRun, prepare_run
 from server.round_loop import run_rounds
+from server.secure_rounds import run_secure_rounds
 
 app = ServerApp()
 
@@ -31,10 +32,17 @@ def main(grid: Grid, context: Context) -> None:
     cfg = from_run_config(context.run_config)
     run = prepare_run(grid, cfg)
     try:
-        final = run_rounds(run.strategy, grid, run.arrays, first_round=run.first_round,
-                           last_round=cfg.num_server_rounds, timeout=cfg.round_timeout,
-                           train_config=run.train_config, evaluate_config=run.evaluate_config,
-                           evaluate_fn=run.round_end)
+        if cfg.secure_aggregation == "secagg+":
+            final = run_secure_rounds(
+                run.strategy, grid, context, run.arrays, cfg=cfg,
+                partitions=run.round_end.partitions, first_round=run.first_round,
+                last_round=cfg.num_server_rounds, train_config=run.train_config,
+                evaluate_fn=run.round_end)
+        else:
+            final = run_rounds(run.strategy, grid, run.arrays, first_round=run.first_round,
+                               last_round=cfg.num_server_rounds, timeout=cfg.round_timeout,
+                               train_config=run.train_config,
+                               evaluate_config=run.evaluate_config, evaluate_fn=run.round_end)
     except Exception as exc:
         record_failure(run.folder, run.round_end.completed, exc)
         report_failure(run, run.round_end.completed + 1)

@@ -7,6 +7,7 @@
     python -m simulations.bench scale        # 100 and 1,000 clients: time per round, peak memory
     python -m simulations.bench strategies   # fedavg vs ffa vs hetero-rank
     python -m simulations.bench audit        # privacy audit lower bounds: DP, no DP, broken DP
+    python -m simulations.bench secagg       # SecAgg+ vs plain fedavg: time and bytes per round
 
 Every benchmark takes ``--quick`` (the same pipeline at a tiny size, about a minute or two) and
 writes its result JSON to ``docs/results/`` (``docs/results/quick/`` with ``--quick``);
@@ -29,6 +30,8 @@ BENCHMARKS = {
     "strategies": "fedavg vs ffa vs hetero-rank on SST-2 (Dirichlet 0.3, DP epsilon 8)",
     "audit": "empirical privacy audit on SST-2: lower bounds at epsilon 8, without DP and with "
              "a broken (noise-free) DP-SGD",
+    "secagg": "secure aggregation (SecAgg+) vs plain fedavg, 10 clients: time and bytes per "
+              "round",
 }
 
 

@@ -125,11 +125,7 @@ class LoraStrategy(FedAvg):
         # Flower's own consistency check raises on one odd reply; ours drops it instead.
         contents, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
         decoded = [Reply.decode(m) for m in contents]  # once per reply
-        refusals = [r for r in decoded if r.refusal is not None]
-        log_.refused = [{**r.info(), "reason": r.refusal} for r in refusals]
-        for r in log_.refused:
-            log(WARNING, "round %s: client %s refused: %s", server_round, r[PARTITION_ID],
-                r["reason"])
+        refusals = self._log_refusals(server_round, decoded, log_)
         # An error the SuperLink raised for a node (e.g. "Node Unavailable" after a crash) comes
         # from the SuperLink's own id: name the node that the failed message was sent to.
         dst = {m.metadata.message_id: int(m.metadata.dst_node_id)
@@ -145,19 +141,79 @@ class LoraStrategy(FedAvg):
         log_.failures.extend(_missing(sent, {node_of(m) for m in replies}, len(replies),
                                       log_.sampled))
         accepted = self._validate([r for r in decoded if r.refusal is None], sent, log_)
+        if not self._enough(server_round, accepted, refusals, log_):
+            return None, None
+        weights = self._weights_and_loss(accepted, log_)
+        # Summed in node order: the result does not depend on the order replies arrived in.
+        items = sorted(((r.node, r.arrays, w) for r, w in zip(accepted, weights, strict=True)),
+                       key=lambda x: x[0])
+        arrays = self.aggregate(server_round, items)
+        log_.released = True
+        return arrays, self._round_metrics(server_round, accepted, log_)
+
+    def aggregate_secure(self, server_round: int, replies: list[Reply],
+                         mean_update: Arrays | None, *, errors: list[str], extra: dict
+                         ) -> ArrayRecord | None:
+        """The round under secure aggregation: each client's numbers (no arrays) and the
+        weighted mean of their updates, which is all the server learns. Nothing can be checked
+        per update; fedavg and ffa step from ``sent + mean`` (under client-level DP: the sum of
+        the client-clipped updates, noised and divided by the sampled m)."""
+        log_ = self.rounds.setdefault(server_round, RoundLog())
+        refusals = self._log_refusals(server_round, replies, log_)
+        self._messages.pop(server_round, None)
+        sent = self._sent.pop(server_round, None)
+        log_.failures.extend({"node": None, "kind": "error", "reason": e} for e in errors)
+        log_.failures.extend(_missing(sent, {r.node for r in replies}, len(replies),
+                                      log_.sampled))
+        accepted = [r for r in replies if r.refusal is None]
+        log_.extra.update(extra)
+        if not self._enough(server_round, accepted, refusals, log_):
+            return None
+        if mean_update is None or self.global_ is None:
+            raise RuntimeError(f"round {server_round}: secure aggregation returned no aggregate")
+        self._weights_and_loss(accepted, log_)
+        reference = self.sent_part(self.global_)
+        if self.client_dp is not None:  # unit weights: the sum is the mean times the count
+            mean = self.client_dp.noisy_mean_of_sum(
+                reference, {k: np.asarray(v, np.float64) * len(accepted)
+                            for k, v in mean_update.items()})
+        else:
+            mean = {k: (np.asarray(reference[k], np.float64) + np.asarray(mean_update[k],
+                    np.float64)).astype(np.asarray(reference[k]).dtype) for k in reference}
+        new = self.optimizer.step(server_round, reference, mean)
+        log_.released = True
+        self._round_metrics(server_round, accepted, log_)
+        return to_record({k: new.get(k, v) for k, v in self.global_.items()})
+
+    def _log_refusals(self, server_round: int, replies: list[Reply], log_: RoundLog
+                      ) -> list[Reply]:
+        refusals = [r for r in replies if r.refusal is not None]
+        log_.refused = [{**r.info(), "reason": r.refusal} for r in refusals]
+        for r in log_.refused:
+            log(WARNING, "round %s: client %s refused: %s", server_round, r[PARTITION_ID],
+                r["reason"])
+        return refusals
+
+    def _enough(self, server_round: int, accepted: list[Reply], refusals: list[Reply],
+                log_: RoundLog) -> bool:
+        """False: only budget refusals leave the round short (the global adapter is kept);
+        raises when failures do."""
         # Logged before anything can stop the round: each of these clients spent privacy on it,
         # and the privacy report counts it even if the round releases nothing.
         log_.replies = [r.info() for r in accepted]
         if len(accepted) < self.min_replies <= len(accepted) + len(refusals):
             log(WARNING, "round %s: %s valid replies, %s budget refusals: global adapter kept",
                 server_round, len(accepted), len(refusals))
-            return None, None
+            return False
         if len(accepted) < self.min_replies:
             reasons = "; ".join(f"node {f['node']}: {f['reason']}" for f in log_.failures)
             raise TooFewRepliesError(
                 f"round {server_round}: {len(accepted)} valid replies of {log_.sampled} sampled, "
                 f"below min-clients = {self.min_replies}. {reasons or 'No error was reported.'}"
             )
+        return True
+
+    def _weights_and_loss(self, accepted: list[Reply], log_: RoundLog) -> list[float]:
         weights = [float(r.metrics[self.weighted_by_key]) for r in accepted]
         # Only clients without DP send a training loss; under DP the round has none (null).
         losses = [(w, float(r.metrics[TRAIN_LOSS])) for r, w in zip(accepted, weights, strict=True)
@@ -165,17 +221,15 @@ class LoraStrategy(FedAvg):
         loss_weight = sum(w for w, _ in losses)
         log_.train_loss = (sum(w * x for w, x in losses) / loss_weight if loss_weight > 0
                            else None)
-        # Summed in node order: the result does not depend on the order replies arrived in.
-        items = sorted(((r.node, r.arrays, w) for r, w in zip(accepted, weights, strict=True)),
-                       key=lambda x: x[0])
-        arrays = self.aggregate(server_round, items)
-        log_.released = True
+        return weights
+
+    def _round_metrics(self, server_round: int, accepted: list[Reply], log_: RoundLog
+                       ) -> MetricRecord:
         eps = [float(r.metrics[EPSILON]) for r in accepted]
         loss = {TRAIN_LOSS: log_.train_loss} if log_.train_loss is not None else {}
-        metrics = MetricRecord({**loss, EPSILON_MAX: max(eps) if eps else 0.0})
         if any(math.isinf(e) for e in eps):
             log(WARNING, "round %s: trained without DP (epsilon = inf)", server_round)
-        return arrays, metrics
+        return MetricRecord({**loss, EPSILON_MAX: max(eps) if eps else 0.0})
 
     def _validate(self, contents: list[Reply], sent: dict[int, Arrays] | None,
                   log_: RoundLog) -> list[Reply]:

@@ -99,10 +99,16 @@ class ClientLevelDP:
             log(WARNING, "client-level DP: %s replies but %s sampled clients planned; the noise "
                 "stays calibrated to the sum (multiplier z), the client sampling rate is higher "
                 "than accounted", count, self.denominator)
+        return self.noisy_mean_of_sum(reference, total)
+
+    def noisy_mean_of_sum(self, reference: Mapping[str, np.ndarray],
+                          total: Mapping[str, np.ndarray]) -> Arrays:
+        """``reference + (total + N(0, (z C)^2)) / m``: the mechanism on a sum of clipped
+        updates already formed (by secure aggregation, of client-clipped updates)."""
         sigma = self.noise_multiplier * self.clipping_norm  # on the sum; z * C / m on the mean
         return {k: (np.asarray(reference[k], np.float64)
-                    + (t + self.rng.normal(0.0, sigma, t.shape)) / self.denominator
-                    ).astype(np.asarray(reference[k]).dtype)
+                    + (np.asarray(t, np.float64) + self.rng.normal(0.0, sigma, np.shape(t)))
+                    / self.denominator).astype(np.asarray(reference[k]).dtype)
                 for k, t in total.items()}
 
 

@@ -61,3 +61,14 @@ def check_ledgers(run: Path, ledger_dirs: list[Path], delta: float, accountant: 
             problems.append(f"{files[0]}: {len(ledger['charges'])} charges but the report says "
                             f"{client['rounds_trained']} rounds trained")
     return problems
+
+
+def check_secure_aggregation(run: Path, rounds: int) -> list[str]:
+    """Under SecAgg+: the report says so, for every round, with its error bound."""
+    report = json.loads((run / "privacy" / "report.json").read_text())
+    secure = report.get("secure_aggregation") or {}
+    if secure.get("protocol") != "secagg+" or secure.get("rounds") != rounds:
+        return [f"privacy/report.json shows no SecAgg+ for {rounds} round(s): {secure}"]
+    if not 0 < secure.get("quantization_error_bound", 0) < 1e-3:
+        return [f"SecAgg+ quantisation error bound out of range: {secure}"]
+    return []

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from fedtune.data import toy as fx
-from fedtune.deploy.checks import check_ledgers, check_run_folder
+from fedtune.deploy.checks import check_ledgers, check_run_folder, check_secure_aggregation
 from fedtune.deploy.cluster import LocalCluster
 from fedtune.launch.flwr_cli import run_config_arg
 
@@ -39,11 +39,14 @@ def make_material(work: Path, num_nodes: int) -> tuple[Path, Path, list[Path]]:
 
 
 def demo_run_config(model: Path, server_data: Path, output: Path, rounds: int,
-                    min_clients: int) -> dict:
+                    min_clients: int, secagg: bool = False) -> dict:
+    """The demo's run; ``secagg``: under SecAgg+, with a max weight above every host's rows (the
+    server cannot know them: real hosts must set it)."""
+    secure = {"secure-aggregation": "secagg+", "secagg-max-weight": 1000.0} if secagg else {}
     return {"model": str(model), "dataset": str(server_data), "client-data": "local",
             "num-server-rounds": rounds, "min-clients": min_clients, "batch-size": 16,
             "max-length": 32, "lr": 0.01, "target-epsilon": 8.0, "delta": DELTA,
-            "fraction-evaluate": 0.0, "output-dir": str(output)}
+            "fraction-evaluate": 0.0, "output-dir": str(output), **secure}
 
 
 def start_federation(cluster: LocalCluster, data: list[Path]) -> None:
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--isolation", choices=("warm", "subprocess"), default="warm",
                         help="how each SuperNode starts its ClientApps (see deploy supernode)")
+    parser.add_argument("--secagg", action="store_true",
+                        help="run under secure aggregation (secure-aggregation = secagg+)")
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fedtune-demo-")).resolve()
     started = time.monotonic()
@@ -75,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             start_federation(cluster, data)
             print(f"SuperLink on https://{cluster.address} with {args.nodes} authenticated "
                   f"SuperNodes ({time.monotonic() - started:.0f} s)", flush=True)
-            config = demo_run_config(model, server_data, run, args.rounds, args.nodes)
+            config = demo_run_config(model, server_data, run, args.rounds, args.nodes,
+                                     args.secagg)
             code = cluster.submit(run_config_arg(config))
             if code != 0:
                 problems.append(f"the run failed (exit {code}); see {cluster.log('submit')}")
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(str(exc))
     if not problems:
         problems += check_run_folder(run, args.rounds, args.nodes)
+        if args.secagg:
+            problems += check_secure_aggregation(run, args.rounds)
         problems += check_ledgers(run, [cluster.host(k) / "ledger"
                                         for k in range(1, args.nodes + 1)], DELTA)
     if (run / "metrics.jsonl").is_file():

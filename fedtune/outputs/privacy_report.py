@@ -208,6 +208,22 @@ def render(report: dict[str, Any], client_evaluate: bool | None = None,
             f"- **user-level epsilon {_f(level['epsilon'])}** at delta {level['delta']:g} "
             f"(RDP; dp-accounting RDP check {_f(level.get('crosscheck_rdp_epsilon'))})",
         ]
+    secure = report.get("secure_aggregation")
+    if secure:
+        lines += ["", "## Secure aggregation (SecAgg+)", "",
+                  "The server received only the weighted sum of the clients' quantised updates "
+                  "(masked vectors), never one client's update.", ""]
+        if secure.get("rounds"):
+            lines += [
+                f"- {secure['rounds']} round(s); shares {secure['num_shares']}, reconstruction "
+                f"threshold {secure['reconstruction_threshold']}, clipping range "
+                f"±{secure['clipping_range']:g} on each weighted update value, quantisation "
+                f"range {secure['quantization_range']}, modulus 2^32, max weight "
+                f"{secure['max_weight']:g}",
+                f"- quantisation error of the mean update: at most "
+                f"{secure['quantization_error_bound']:.3g} per value",
+                f"- values cut by the clipping range: {secure['clipped_values']} of "
+                f"{secure['masked_values']}"]
     lines += _released_lines(report, client_evaluate)
     if audit:
         lines += _audit_lines(audit)

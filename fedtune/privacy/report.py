@@ -166,7 +166,26 @@ def build_report(cfg: RunConfig, partitions: list[dict], rounds: dict[int, Any],
     }
     if client_level is not None:
         report["client_level"] = client_level
+    if cfg.secure_aggregation != "off":
+        report["secure_aggregation"] = _secure_aggregation(cfg, rounds)
     return report
+
+
+def _secure_aggregation(cfg: RunConfig, rounds: dict[int, Any]) -> dict[str, Any]:
+    """What the server saw of the updates: only their weighted sum, with the protocol's
+    settings, the quantisation error bound (the largest of the rounds) and the values the
+    clipping range cut (summed over clients and rounds; each client counts its own)."""
+    logs = [getattr(rounds[r], "extra", {}).get("secure_aggregation") for r in sorted(rounds)]
+    logs = [x for x in logs if x]
+    out: dict[str, Any] = {"protocol": cfg.secure_aggregation, "rounds": len(logs)}
+    if logs:
+        out.update({k: v for k, v in logs[-1].items()
+                    if k not in ("clients", "masked_values", "clipped_values",
+                                 "quantization_error_bound")})
+        out["quantization_error_bound"] = max(x["quantization_error_bound"] for x in logs)
+        out["masked_values"] = sum(int(x["masked_values"]) for x in logs)
+        out["clipped_values"] = sum(int(x["clipped_values"]) for x in logs)
+    return out
 
 
 def _upper_bound(cfg: RunConfig, c: dict[str, Any], last: _Last | None,
