@@ -25,12 +25,15 @@ from flwr.common import (
     Code,
     FitRes,
     Status,
+    bytes_to_ndarray,
+    ndarray_to_bytes,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     RECORD_KEY_STATE,
+    Key,
 )
 from flwr.compat.common import recorddict_compat as compat
 
@@ -56,7 +59,25 @@ def secure_aggregation_mod(msg: Message, ctxt: Context, call_next):
     if (msg.metadata.message_type != MessageType.TRAIN or not msg.has_content()
             or RECORD_KEY_CONFIGS not in msg.content.config_records):
         return call_next(msg, ctxt)
-    return secaggplus_mod(msg, ctxt, lambda m, c: _train_update(m, c, call_next))
+    reply = secaggplus_mod(msg, ctxt, lambda m, c: _train_update(m, c, call_next))
+    if reply.has_content() and RECORD_KEY_CONFIGS in reply.content.config_records:
+        configs = reply.content.config_records[RECORD_KEY_CONFIGS]
+        if Key.MASKED_PARAMETERS in configs:
+            configs[Key.MASKED_PARAMETERS] = pack_masked(configs[Key.MASKED_PARAMETERS])
+    return reply
+
+
+def pack_masked(vectors: list[bytes]) -> list[bytes]:
+    """Flower's mod sends masked values (integers mod 2^32) as int64: 8 bytes for what fits in
+    4. Sent as uint32 they halve the upload; the server widens them back before the workflow
+    adds them (``server/secure_rounds.py``)."""
+    out = []
+    for raw in vectors:
+        values = bytes_to_ndarray(raw)
+        if values.size and (values.min() < 0 or values.max() >= 2**32):
+            raise ValueError("a masked value outside [0, 2^32): the modulus must be 2^32")
+        out.append(ndarray_to_bytes(values.astype(np.uint32)))
+    return out
 
 
 def _train_update(msg: Message, ctxt: Context, call_next) -> Message:

@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from logging import INFO
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.server import ServerConfig
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
@@ -24,6 +27,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from fedtune.config import RunConfig
+from server.progress import send_and_receive
 from strategies.registry import innermost
 from strategies.secure_aggregation import SecAggRound
 
@@ -58,7 +62,21 @@ class CountingGrid:
         self.down += sum(content_bytes(m) for m in messages)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         self.up += sum(content_bytes(m) for m in replies)
+        for reply in replies:
+            widen_masked(reply)
         return replies
+
+
+def widen_masked(reply: Message) -> None:
+    """Masked vectors arrive as uint32 (``client/secure_aggregation.py``: half the bytes of
+    Flower's int64); the workflow adds them as int64, as Flower's mod would have sent them."""
+    if not reply.has_content() or RECORD_KEY_CONFIGS not in reply.content.config_records:
+        return
+    configs = reply.content.config_records[RECORD_KEY_CONFIGS]
+    if Key.MASKED_PARAMETERS in configs:
+        configs[Key.MASKED_PARAMETERS] = [
+            ndarray_to_bytes(bytes_to_ndarray(raw).astype(np.int64))
+            for raw in configs[Key.MASKED_PARAMETERS]]
 
 
 class SecureAggregationError(RuntimeError):
@@ -90,7 +108,7 @@ def protocol_settings(cfg: RunConfig, partitions: list[dict]) -> dict:
 
 def run_secure_rounds(strategy, grid: Grid, context: Context, arrays: ArrayRecord, *,
                       cfg: RunConfig, partitions: list[dict], first_round: int, last_round: int,
-                      train_config: ConfigRecord,
+                      train_config: ConfigRecord, evaluate_config: ConfigRecord,
                       evaluate_fn: Callable[[int, ArrayRecord], object]) -> ArrayRecord:
     """Rounds ``first_round``..``last_round`` under SecAgg+; returns the last global arrays."""
     protocol = protocol_settings(cfg, partitions)
@@ -128,5 +146,11 @@ def run_secure_rounds(strategy, grid: Grid, context: Context, arrays: ArrayRecor
                 "resume the run")
         if adapter.result is not None:
             arrays = adapter.result
+        # client evaluation (client-evaluate) needs no secrecy of the global adapter: as usual
+        replies = send_and_receive(
+            grid, strategy.configure_evaluate(server_round, arrays, evaluate_config, grid),
+            timeout=cfg.round_timeout, server_round=server_round, num_rounds=last_round,
+            phase="evaluate")
+        strategy.aggregate_evaluate(server_round, replies)
         evaluate_fn(server_round, arrays)
     return arrays

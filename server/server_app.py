@@ -37,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
                 run.strategy, grid, context, run.arrays, cfg=cfg,
                 partitions=run.round_end.partitions, first_round=run.first_round,
                 last_round=cfg.num_server_rounds, train_config=run.train_config,
-                evaluate_fn=run.round_end)
+                evaluate_config=run.evaluate_config, evaluate_fn=run.round_end)
         else:
             final = run_rounds(run.strategy, grid, run.arrays, first_round=run.first_round,
                                last_round=cfg.num_server_rounds, timeout=cfg.round_timeout,

@@ -17,6 +17,8 @@ from fedtune.arrays import from_record, to_record
 from fedtune.config import ConfigError, from_run_config
 from fedtune.data.loading import load_splits
 from fedtune.model.adapter import adapter_state
+from fedtune.outputs.privacy_report import render
+from fedtune.privacy.report import build_report
 from fedtune.protocol import LABELS
 from fedtune.tasks.registry import task_for
 from server.secure_rounds import SecureAggregationError, run_secure_rounds
@@ -48,7 +50,7 @@ class ClientGrid:
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"),
                                 reply_to=delivered)
             replies.append(reply)
-        self.received += replies
+        self.received += [copy.deepcopy(r) for r in replies]  # as they travelled
         return replies
 
 
@@ -87,6 +89,7 @@ def _secure(overrides: dict, clients: int) -> tuple[dict, object, ClientGrid]:
     arrays = run_secure_rounds(strategy, grid, context, to_record(adapter_state(model)),
                                cfg=cfg, partitions=[{"num_examples": 200}], first_round=1,
                                last_round=1, train_config=ConfigRecord({LABELS: labels}),
+                               evaluate_config=ConfigRecord({LABELS: labels}),
                                evaluate_fn=lambda r, a: None)
     return from_record(arrays), strategy, grid
 
@@ -109,7 +112,16 @@ def test_the_aggregate_equals_plain_fedavg_within_the_quantisation_bound(base_co
     assert diff <= bound + 1e-7, (diff, bound)  # + float32 rounding of the result
     log_ = innermost(strategy).rounds[1]
     assert len(log_.replies) == 3 and all(r["epsilon"] > 0 for r in log_.replies)
-    assert all(r["history"] for r in log_.replies)  # the privacy report gets every client
+    report = build_report(from_run_config(overrides | {"secure-aggregation": "secagg+"}), [],
+                          innermost(strategy).rounds)
+    assert [c["rounds_trained"] for c in report["clients"]] == [1, 1, 1]  # every client counted
+    assert all(c["epsilon"] > 0 and c["crosscheck"] for c in report["clients"])
+    secure = report["secure_aggregation"]
+    assert secure["protocol"] == "secagg+" and secure["quantization_error_bound"] == bound
+    assert secure["clipped_values"] == 0 < secure["masked_values"]
+    text = render(report)
+    assert "## Secure aggregation (SecAgg+)" in text and "values cut by the clipping range: 0" \
+        in text
 
 
 def test_the_server_receives_masked_vectors_only(base_config):
@@ -122,6 +134,7 @@ def test_the_server_receives_masked_vectors_only(base_config):
         if Key.MASKED_PARAMETERS in configs:
             masked.append([bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]])
     assert len(masked) == 3
+    assert all(a.dtype == np.uint32 for vector in masked for a in vector)  # 4 bytes a value
     # a masked vector is uniform over the modulus: nothing like an update quantised near the
     # middle of the range (2^21 for a value of 0)
     values = np.concatenate([np.ravel(a) for a in masked[0][1:]]).astype(np.float64)
