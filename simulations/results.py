@@ -22,7 +22,8 @@ from typing import Any
 from fedtune.atomic import write_bytes, write_text
 from fedtune.project import PROJECT_ROOT
 
-ORDER = ("throughput", "federation", "bytes", "utility", "scale", "strategies", "audit")
+ORDER = ("throughput", "federation", "bytes", "utility", "scale", "strategies", "audit",
+         "secagg")
 FULL_COMMANDS = {
     "throughput": "python -m simulations.bench throughput",
     "federation": "python -m simulations.bench federation",
@@ -31,6 +32,7 @@ FULL_COMMANDS = {
     "scale": "python -m simulations.bench scale",
     "strategies": "python -m simulations.bench strategies",
     "audit": "python -m simulations.bench audit",
+    "secagg": "python -m simulations.bench secagg",
 }
 
 
@@ -212,6 +214,21 @@ def section_audit(r: dict[str, Any]) -> str:
             "epsilon 1 (`fault-injection = 0:*:no-noise`).")
 
 
+def section_secagg(r: dict[str, Any]) -> str:
+    rows = [[name, x.get("round_s"), x.get("bytes_up_per_client_round"),
+             x.get("bytes_down_per_round"), x.get("accuracy"), x.get("wall_s")]
+            for name, x in r["results"].items()]
+    s = r["settings"]
+    return (md_table(["arm", "s per round (rounds 2+)", "bytes up per client per round",
+                      "bytes down per round", "accuracy", "run wall s"], rows)
+            + f"\n\n{r.get('num_clients')} clients, SST-2 ({s.get('max-train-samples')} rows), "
+            f"{s.get('num-server-rounds')} rounds of {s.get('local-epochs')} local epoch, DP at "
+            f"epsilon {s.get('target-epsilon')}. Bytes count every message of all four SecAgg+ "
+            f"stages. SecAgg+ / plain: time {fmt(r.get('time_ratio'))}x, upload "
+            f"{fmt(r.get('upload_ratio'))}x; target (each <= {r.get('target')}x): "
+            f"{verdict(r.get('target_met'))}.")
+
+
 def summary_rows(results: dict[str, dict[str, Any]], tag: str) -> list[list[Any]]:
     rows = []
     if r := results.get("throughput"):
@@ -239,6 +256,10 @@ def summary_rows(results: dict[str, dict[str, Any]], tag: str) -> list[list[Any]
             rows.append([f"audit{tag}", AUDIT_TARGETS.get(name, name),
                          fmt(x.get("epsilon_lower_bound")),
                          verdict((r.get("targets_met") or {}).get(name))])
+    if r := results.get("secagg"):
+        rows.append([f"secagg{tag}", "SecAgg+ round time and upload <= 2x plain fedavg",
+                     f"{fmt(r.get('time_ratio'))}x, {fmt(r.get('upload_ratio'))}x",
+                     verdict(r.get("target_met"))])
     if r := results.get("scale"):
         rows.append([f"scale{tag}", "peak memory flat in the number of clients",
                      f"{fmt(r.get('rss_growth'))}x", verdict(r.get("target_met"))])
@@ -300,7 +321,8 @@ def render(results: dict[str, dict[str, Any]], gpu: dict[str, dict[str, Any]],
                 "utility": ("Utility: accuracy and macro-F1 at epsilon 8 (SST-2, TREC)", None),
                 "scale": ("Scale: 100 and 1,000 simulated clients", section_scale),
                 "strategies": ("Strategies: fedavg vs ffa vs hetero-rank", section_strategies),
-                "audit": ("Privacy audit: lower bounds on epsilon", section_audit)}
+                "audit": ("Privacy audit: lower bounds on epsilon", section_audit),
+                "secagg": ("Secure aggregation: SecAgg+ vs plain fedavg", section_secagg)}
     for name in ORDER:
         title, fn = sections[name]
         for tag, source in (("", results), (" (GPU)", gpu)):
