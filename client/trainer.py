@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from fedtune.config import RunConfig
 from fedtune.model.adapter import unwrap
+from fedtune.model.precision import autocast
 from fedtune.privacy.accounting import merge_history
 from fedtune.privacy.calibration import (
     batch_size_for,
@@ -163,9 +164,10 @@ def _loss_fn(task, cfg: RunConfig, criterion):
         return lambda model, chunk: task.loss(cfg, model, chunk)
 
     def ghost(model, chunk):
-        logits = model(input_ids=chunk["input_ids"],
-                       attention_mask=chunk["attention_mask"]).logits
-        return criterion(logits, chunk["labels"])
+        with autocast(cfg, chunk["input_ids"].device):
+            logits = model(input_ids=chunk["input_ids"],
+                           attention_mask=chunk["attention_mask"]).logits
+        return criterion(logits.float(), chunk["labels"])
 
     return ghost
 

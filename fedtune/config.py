@@ -22,7 +22,7 @@ from typing import Any
 
 TASKS = ("seq-cls", "causal-lm")
 PROMPT_TEMPLATES = ("alpaca", "plain")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 POOLINGS = ("auto", "mean", "cls", "pooler")
 OPTIMIZER_STATES = ("keep", "reset")
 AGGREGATIONS = ("fedavg", "ffa", "hetero-rank")
@@ -91,9 +91,10 @@ class RunConfig:
         choices=PROMPT_TEMPLATES)
     precision: str = setting(
         "auto",
-        "`causal-lm`: `auto` = bf16 base weights + bf16 autocast on CUDA, fp32 on CPU; `fp32`; "
-        "`bf16` (also on CPU). LoRA weights stay fp32; per-sample gradients are clipped in fp32 "
-        "(`seq-cls` needs `auto`)",
+        "every task, training and evaluation: `auto` = on CUDA bf16 autocast with TF32 matmuls "
+        "(`causal-lm` also loads the frozen base in bf16), on CPU fp32; `fp32`; `tf32` (fp32 "
+        "with TF32 matmuls on CUDA; fp32 on CPU); `bf16` (bf16 autocast, also on CPU). LoRA and "
+        "head weights stay fp32; per-sample gradients are clipped in fp32",
         choices=PRECISIONS)
     load_in_4bit: bool = setting(
         False,
@@ -599,8 +600,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, f in _FIELDS.items():
         _check_field(key, f, getattr(cfg, f.name))
     causal = cfg.task == "causal-lm"
-    _check(causal or cfg.precision == "auto", "precision", cfg.precision,
-           "only task = 'causal-lm' has a precision setting; leave it at 'auto' for seq-cls")
     _check(causal or not cfg.load_in_4bit, "load-in-4bit", cfg.load_in_4bit,
            "4-bit base weights (QLoRA) are for task = 'causal-lm'; set load-in-4bit = false")
     _check(not causal or cfg.partitioner == "iid", "partitioner", cfg.partitioner,

@@ -151,7 +151,7 @@ def test_lora_targets_default_per_architecture(tiny_llama, tiny_gpt2, tiny_model
 
 @pytest.mark.parametrize(("extra", "key", "fragment"), [
     ({"task": "causal-lm", "partitioner": "dirichlet"}, "partitioner", "use partitioner = 'iid'"),
-    ({"precision": "bf16"}, "precision", "only task = 'causal-lm'"),
+    ({"precision": "fp16"}, "precision", "auto | fp32 | tf32 | bf16"),
     ({"load-in-4bit": True}, "load-in-4bit", "for task = 'causal-lm'"),
     ({"task": "causal-lm", "prompt-template": "chatml"}, "prompt-template", "alpaca | plain"),
 ])

@@ -72,3 +72,26 @@ def test_cuda_without_a_visible_gpu_is_a_clear_error(monkeypatch):
     assert resolve_device(from_run_config({"device": "auto"})).type == "cpu"
     with pytest.raises(ConfigError, match="'device' = 'cuda'.*client-resources-num-gpus"):
         resolve_device(from_run_config({"device": "cuda"}))
+
+
+def test_precision_for_classification(setup):
+    """``precision`` for seq-cls: bf16 autocast trains (same seeded batches and noise as fp32,
+    so only the forward's rounding differs) and evaluates close to fp32; ``tf32`` only changes
+    CUDA matmuls, so on the CPU it is fp32 bit for bit."""
+    from fedtune.tasks.seq_cls import evaluate_seq_cls
+
+    cfg, rows, pad = setup
+    cfg = dataclasses.replace(cfg, reproducible_noise=True)
+    before, fp32, _, _ = _train(cfg, rows, pad)
+    _, tf32, _, _ = _train(dataclasses.replace(cfg, precision="tf32"), rows, pad)
+    assert all(torch.equal(fp32[k], tf32[k]) for k in fp32)
+    _, bf16, result, _ = _train(dataclasses.replace(cfg, precision="bf16"), rows, pad)
+    assert all(bool(torch.isfinite(v).all()) for v in bf16.values())
+    moved = max(float((fp32[k] - before[k]).abs().max()) for k in fp32)
+    off = max(float((fp32[k] - bf16[k]).abs().max()) for k in fp32)
+    assert moved > 0 and off < 0.1 * moved, (off, moved)
+    torch.manual_seed(0)
+    model = build_model(cfg, 2)
+    full = evaluate_seq_cls(cfg, model, rows, pad, 2)
+    half = evaluate_seq_cls(dataclasses.replace(cfg, precision="bf16"), model, rows, pad, 2)
+    assert abs(full["loss"] - half["loss"]) < 0.01 * full["loss"]

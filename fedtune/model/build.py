@@ -16,7 +16,7 @@ from fedtune.config import ConfigError, RunConfig
 from fedtune.model.lora_targets import resolve_targets
 from fedtune.model.paths import resolve_model_path
 from fedtune.model.pooling import PooledClassifier, read_head_config, resolve_pooling, zero_head
-from fedtune.model.precision import resolve_device
+from fedtune.model.precision import apply_matmul_precision, resolve_device
 
 
 def load_tokenizer(cfg: RunConfig):
@@ -98,6 +98,7 @@ def wrap_with_lora(base, cfg: RunConfig, task_type: TaskType) -> PeftModel:
     if base.config.pad_token_id is None:
         base.config.pad_token_id = base.config.eos_token_id
     base.to(resolve_device(cfg))  # before get_peft_model: LoRA layers are created beside it
+    apply_matmul_precision(cfg)
     lora = LoraConfig(
         task_type=task_type,
         r=cfg.lora_r,

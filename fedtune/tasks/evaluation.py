@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -10,7 +12,8 @@ from fedtune.data.batching import PadCollator, TokenizedDataset
 
 @torch.no_grad()
 def evaluate(model, dataset: TokenizedDataset, pad_token_id: int, batch_size: int,
-             num_labels: int) -> dict[str, float]:
+             num_labels: int, precision=None) -> dict[str, float]:
+    """``precision``: device -> the context forward passes run in (the run's autocast)."""
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollator(pad_token_id))
@@ -18,7 +21,8 @@ def evaluate(model, dataset: TokenizedDataset, pad_token_id: int, batch_size: in
     confusion = torch.zeros((num_labels, num_labels), dtype=torch.long)
     device = next(model.parameters()).device
     for batch in loader:
-        out = model(**{k: v.to(device) for k, v in batch.items()})
+        with precision(device) if precision is not None else contextlib.nullcontext():
+            out = model(**{k: v.to(device) for k, v in batch.items()})
         n = batch["labels"].shape[0]
         total_loss += float(out.loss) * n
         pred = out.logits.argmax(dim=-1).cpu()

@@ -10,6 +10,7 @@ import torch
 
 from fedtune.config import RunConfig
 from fedtune.data.batching import TokenizedDataset
+from fedtune.model.precision import autocast
 from fedtune.tasks.evaluation import evaluate
 
 
@@ -18,10 +19,13 @@ def encode_seq_cls(tokenizer, rows, cfg: RunConfig) -> TokenizedDataset:
 
 
 def seq_cls_loss(cfg: RunConfig, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's own cross-entropy: a mean over rows, one label per row."""
-    return model(**batch).loss
+    """The model's own cross-entropy: a mean over rows, one label per row (under bf16 autocast
+    the logits are bf16; autocast computes the cross-entropy in fp32)."""
+    with autocast(cfg, next(model.parameters()).device):
+        return model(**batch).loss
 
 
 def evaluate_seq_cls(cfg: RunConfig, model, dataset: TokenizedDataset, pad_token_id: int,
                      num_labels: int) -> dict[str, float]:
-    return evaluate(model, dataset, pad_token_id, cfg.eval_batch_size, num_labels)
+    return evaluate(model, dataset, pad_token_id, cfg.eval_batch_size, num_labels,
+                    precision=lambda on: autocast(cfg, on))
