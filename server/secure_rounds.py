@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from fedtune.config import RunConfig
-from server.progress import send_and_receive
+from server.progress import exchange, send_and_receive
 from strategies.registry import innermost
 from strategies.secure_aggregation import SecAggRound
 
@@ -60,7 +60,7 @@ class CountingGrid:
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         self.down += sum(content_bytes(m) for m in messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = exchange(self.grid, messages, timeout=timeout)
         self.up += sum(content_bytes(m) for m in replies)
         for reply in replies:
             widen_masked(reply)

@@ -162,3 +162,21 @@ def test_clients_with_their_own_data_are_numbered_by_node_and_sized_by_replies(t
         (0, 7, 0), (1, 55, 40), (2, 900, 12)]
     assert all(p["label_counts"] is None for p in parts)  # never asked of a real host
     assert (tmp_path / "partitions.png").stat().st_size > 0
+
+
+def test_the_supernode_runs_flowers_own_with_a_short_idle_poll(monkeypatch):
+    from fedtune.deploy import supernode_main
+
+    slept = []
+    monkeypatch.setattr(supernode_main.time, "sleep", slept.append)
+    idle = supernode_main._ShortIdle(0.5)
+    idle.sleep(3)  # Flower's fixed idle wait
+    idle.sleep(0.5)  # any other wait is Flower's own
+    assert slept == [0.5, 0.5] and idle.monotonic is supernode_main.time.monotonic
+    argv = supernode_argv("h:1", None, None, {}, 9100, insecure=True)
+    assert argv[1:3] == ["-m", "fedtune.deploy.supernode_main"]
+    import time
+
+    from flwr.supernode import start_client_internal
+
+    assert start_client_internal.time is time  # patched only in the SuperNode's own process

@@ -70,7 +70,8 @@ def supernode_argv(superlink: str, ca_cert: Path | None, private_key: Path | Non
     """A SuperNode that authenticates with ``private_key`` and verifies the SuperLink against
     ``ca_cert``. ``runtime_port`` is its local port for the ClientApp processes it starts (one
     per message); each SuperNode on a host needs its own."""
-    argv = ["flower-supernode", "--superlink", superlink,
+    # Flower's SuperNode, with its idle poll cut from 3 s (fedtune/deploy/supernode_main.py)
+    argv = [sys.executable, "-m", "fedtune.deploy.supernode_main", "--superlink", superlink,
             "--node-config", config_arg(node_config),
             "--host", "127.0.0.1", "--port", str(runtime_port)]
     if insecure:
