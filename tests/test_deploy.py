@@ -171,8 +171,9 @@ def test_the_supernode_runs_flowers_own_with_a_short_idle_poll(monkeypatch):
     monkeypatch.setattr(supernode_main.time, "sleep", slept.append)
     idle = supernode_main._ShortIdle(0.5)
     idle.sleep(3)  # Flower's fixed idle wait
-    idle.sleep(0.5)  # any other wait is Flower's own
-    assert slept == [0.5, 0.5] and idle.monotonic is supernode_main.time.monotonic
+    idle.sleep(0.5)  # its waits for a ClientApp's reply
+    idle.sleep(0.01)
+    assert slept == [0.5, 0.05, 0.01] and idle.monotonic is supernode_main.time.monotonic
     argv = supernode_argv("h:1", None, None, {}, 9100, insecure=True)
     assert argv[1:3] == ["-m", "fedtune.deploy.supernode_main"]
     import time

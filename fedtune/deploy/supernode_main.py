@@ -3,10 +3,11 @@ takes the same arguments.
 
 An idle Flower 1.42 SuperNode asks the SuperLink for a message, and when there is none sleeps
 a fixed 3 s (``time.sleep(3)`` in ``flwr.supernode.start_client_internal``, not configurable),
-so each message waited 1.5 s on average before its node even saw it. This entry point runs
-Flower's own SuperNode with that one sleep cut to ``FEDTUNE_SUPERNODE_POLL_S`` (default 0.5 s);
-everything else is Flower's. A work-around, not a fork: when Flower makes the interval a setting,
-use it and drop this module.
+so each message waited 1.5 s on average before its node even saw it; it then waits for the
+ClientApp's reply in steps of 0.5 s. This entry point runs Flower's own SuperNode with the idle
+sleep cut to ``FEDTUNE_SUPERNODE_POLL_S`` (default 0.5 s) and the reply waits to 0.05 s;
+everything else is Flower's. A work-around, not a fork: when Flower makes the intervals settings,
+use them and drop this module.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import time
 IDLE_SLEEP_S = 3  # Flower 1.42's fixed idle wait
 POLL_ENV = "FEDTUNE_SUPERNODE_POLL_S"
 DEFAULT_POLL_S = 0.5
+REPLY_WAIT_S = 0.05  # Flower's 0.5 s waits for a reply (or its content) to be ready
 
 
 class _ShortIdle:
-    """The ``time`` module as ``start_client_internal`` sees it, but its idle sleep is short."""
+    """The ``time`` module as ``start_client_internal`` sees it, but its waits are short."""
 
     def __init__(self, poll_s: float):
         self.poll_s = poll_s
@@ -30,7 +32,7 @@ class _ShortIdle:
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(self.poll_s if seconds == IDLE_SLEEP_S else seconds)
+        time.sleep(self.poll_s if seconds == IDLE_SLEEP_S else min(seconds, REPLY_WAIT_S))
 
 
 def main() -> None:

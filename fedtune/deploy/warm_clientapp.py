@@ -67,7 +67,7 @@ def _run_child(runtime_api_address: str, token: str, parent: int) -> None:
         os._exit(code)
 
 
-def serve(runtime_api_address: str, alive: Callable[[], bool], poll_s: float = 0.2) -> None:
+def serve(runtime_api_address: str, alive: Callable[[], bool], poll_s: float = 0.05) -> None:
     """Serve the SuperNode at ``runtime_api_address`` (its ``--port``, on 127.0.0.1) while
     ``alive()``."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
