@@ -43,7 +43,6 @@ from fedtune.protocol import (
     ARRAYS,
     CONFIG,
     METRICS,
-    NUM_EXAMPLES,
     PRIVACY,
     REFUSAL,
     SECAGG_CLIPPED,
@@ -51,7 +50,7 @@ from fedtune.protocol import (
     SECAGG_PRIVACY,
     SECAGG_REFUSAL,
     SECAGG_VALUES,
-    UNIT_WEIGHT,
+    weight_key,
 )
 
 
@@ -95,7 +94,7 @@ def _train_update(msg: Message, ctxt: Context, call_next) -> Message:
         return reply
     content = reply.content
     metrics = dict(content[METRICS])
-    weight = float(metrics[UNIT_WEIGHT] if cfg.client_dp_enabled else metrics[NUM_EXAMPLES])
+    weight = float(metrics[weight_key(cfg)])
     if REFUSAL in content or ARRAYS not in content:  # trained nothing: a zero update, weight 0
         update = [np.zeros_like(a, dtype=np.float32) for a in received]
         weight = 0.0

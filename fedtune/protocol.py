@@ -15,6 +15,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Message
 
 from fedtune.arrays import Arrays, from_record, record_bytes
+from fedtune.config import RunConfig
 
 History = list[tuple[float, float, int]]  # Opacus accountant history: (sigma, q, steps)
 
@@ -66,6 +67,12 @@ NODE = "node"
 HISTORY = "history"  # the accountant history [(sigma, q, steps)], for the report
 PRIVACY_STATE = "privacy-state"  # the privacy record as sent: a resumed run hands it back
 CLIENT_KEY = "client-key"  # in a privacy record: whose state it is (the resume-privacy key)
+
+
+def weight_key(cfg: RunConfig) -> str:
+    """The metric a client's update is weighted by: ``num-examples``, or ``unit-weight`` under
+    client-level DP (DP-FedAvg's sensitivity bound needs uniform weights)."""
+    return UNIT_WEIGHT if cfg.client_dp_enabled else NUM_EXAMPLES
 
 
 def file_key(key: str) -> str:

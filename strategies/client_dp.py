@@ -43,12 +43,8 @@ from flwr.supercore.differential_privacy import compute_stdv
 
 from fedtune.arrays import Arrays
 from fedtune.config import RunConfig
+from fedtune.privacy.client_level import sampled_per_round
 from fedtune.protocol import UNIT_WEIGHT  # noqa: F401 - the weight key the wrappers need
-
-
-def sampled_per_round(cfg: RunConfig, num_clients: int) -> int:
-    """What FedAvg samples: max(int(N * fraction-train), min-clients)."""
-    return min(num_clients, max(int(num_clients * cfg.fraction_train), cfg.min_clients))
 
 
 @dataclass

@@ -7,7 +7,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedtune.config import RunConfig
 from fedtune.privacy.audit.client_canaries import ClientCanaries
-from fedtune.protocol import UNIT_WEIGHT
+from fedtune.protocol import weight_key
 from strategies import client_dp
 from strategies.base import LoraStrategy
 from strategies.fedavg import LoraFedAvg
@@ -32,11 +32,10 @@ def build_strategy(cfg: RunConfig, num_clients: int) -> Strategy:
         min_replies=cfg.min_clients,
         server_optimizer=build_server_optimizer(cfg),
         max_update_norm=cfg.max_update_norm,
+        weighted_by_key=weight_key(cfg),
     )
     if cfg.aggregation == "hetero-rank":
         common.update(lora_alpha=cfg.lora_alpha, global_rank=cfg.lora_r, seed=cfg.seed)
-    if cfg.client_dp_enabled:
-        common["weighted_by_key"] = UNIT_WEIGHT
     strategy = STRATEGIES[cfg.aggregation](**common)
     if cfg.audit_canary_clients:
         rate = client_dp.sampled_per_round(cfg, num_clients) / num_clients

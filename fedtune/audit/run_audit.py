@@ -27,6 +27,7 @@ from fedtune.privacy.audit.canaries import AuditFolder, canary_words, make_canar
 from fedtune.privacy.audit.client_canaries import cosines, participates
 from fedtune.privacy.audit.gaussian import estimate_from_cosines
 from fedtune.privacy.audit.one_run import audit_scores
+from fedtune.privacy.client_level import sampled_per_round
 from fedtune.tasks.registry import task_for
 
 AUDIT_FILE = "audit.json"
@@ -100,7 +101,7 @@ def client_level(cfg: RunConfig, stored: dict, model, initial: dict, report: dic
     k = cfg.audit_canary_clients
     inserted, null = cosines(delta, cfg.seed, k)
     num_clients = int(stored.get("num-clients", 0)) or 1
-    sampled = min(num_clients, max(int(num_clients * cfg.fraction_train), cfg.min_clients))
+    sampled = sampled_per_round(cfg, num_clients)
     joined = sum(participates(cfg.seed, r, k, sampled / num_clients).astype(int)
                  for r in range(1, cfg.num_server_rounds + 1))
     dim = sum(int(np.size(v)) for v in delta.values())

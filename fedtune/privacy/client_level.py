@@ -17,6 +17,7 @@ from typing import Any
 
 from dp_accounting import rdp
 
+from fedtune.config import RunConfig
 from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.crosscheck import dp_event
 
@@ -24,6 +25,11 @@ SAMPLING_APPROXIMATION = (
     "approximation: Flower samples a fixed number m of the N clients each round; this is "
     "accounted as Poisson sampling at rate m/N, the usual approximation (exact when m = N)")
 SAMPLING_EXACT = "exact: every client is sampled each round (m = N, rate 1, no amplification)"
+
+
+def sampled_per_round(cfg: RunConfig, num_clients: int) -> int:
+    """What FedAvg samples: max(int(N * fraction-train), min-clients)."""
+    return min(num_clients, max(int(num_clients * cfg.fraction_train), cfg.min_clients))
 
 
 def client_level_report(*, noise_multiplier: float, clipping_norm: float, sampled: int,

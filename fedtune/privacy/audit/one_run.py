@@ -16,7 +16,6 @@ Trying several (k+, k-), or several scores, and keeping the best would be a mult
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.stats import binom
@@ -59,20 +58,6 @@ def epsilon_lower_bound(m: int, guesses: int, correct: int, delta: float,
     return low
 
 
-@dataclass(frozen=True)
-class Guess:
-    """One (k+, k-) choice and what it scored."""
-
-    k_plus: int
-    k_minus: int
-    correct: int
-    epsilon_lower_bound: float
-
-    @property
-    def guesses(self) -> int:
-        return self.k_plus + self.k_minus
-
-
 def guess(scores: np.ndarray, coins: np.ndarray, k_plus: int, k_minus: int) -> int:
     """Correct guesses when the ``k_plus`` highest scores are called in and the ``k_minus``
     lowest out (ties broken by index, so the count is deterministic)."""
@@ -101,7 +86,8 @@ def audit_scores(scores, coins, delta: float, significance: float = SIGNIFICANCE
         for k in ks:
             correct = guess(np.asarray(values, dtype=np.float64), coins, k, k)
             bound = epsilon_lower_bound(m, 2 * k, correct, delta, level)
-            tries.append({"score": name, **asdict(Guess(k, k, correct, bound))})
+            tries.append({"score": name, "k_plus": k, "k_minus": k, "correct": correct,
+                          "epsilon_lower_bound": bound})
     best = max(tries, key=lambda g: (g["epsilon_lower_bound"], -g["k_plus"]), default=None)
     empty = {"score": None, "k_plus": 0, "k_minus": 0, "correct": 0, "epsilon_lower_bound": 0.0}
     best = best or empty
