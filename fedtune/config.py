@@ -371,7 +371,7 @@ class RunConfig:
         "",
         "testing only: `'<partition>:<round>:<raise|garbage|hang|no-noise>'` items make those "
         "clients fail on purpose (`*` = every round; `no-noise` skips the DP noise while the "
-        "accounting goes on: a broken-DP client for the audit) (see "
+        "accounting goes on: a broken-DP client for the audit, simulations only) (see "
         "[Failures and resuming](outputs-and-resume.md#failures-and-resuming))",
         check=lambda v: all(re.fullmatch(r"\d+:(\d+|\*):(raise|garbage|hang|no-noise)", x.strip())
                             for x in v.split(",") if x.strip()),
@@ -614,6 +614,12 @@ def validate(cfg: RunConfig) -> RunConfig:
            cfg.fraction_evaluate,
            "client evaluation releases metrics of each client's private held-out rows without "
            "DP; set client-evaluate = true to allow it, or fraction-evaluate = 0")
+    # A run config comes from the server: a real host must never be told to drop its noise.
+    _check(cfg.client_data == "partition" or "no-noise" not in cfg.fault_injection,
+           "fault-injection", cfg.fault_injection,
+           "the 'no-noise' fault trains without DP noise while reporting epsilon: it exists for "
+           "simulated tests of the privacy audit, and a host with its own data (client-data = "
+           "'local') refuses it; remove it from fault-injection")
     if cfg.secure_aggregation != "off":
         _check_secure_aggregation(cfg)
     _check(cfg.audit_canaries == 0 or cfg.task == "seq-cls", "audit-canaries",

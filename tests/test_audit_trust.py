@@ -1,6 +1,6 @@
 """What a server can and cannot do with the audit settings: switching the audit on never opens a
-fresh privacy ledger for the same records, and a real host writes its coins only where its own
-node config says."""
+fresh privacy ledger for the same records, a real host writes its coins only where its own
+node config says, and a real host refuses the test fault that drops the DP noise."""
 
 from __future__ import annotations
 
@@ -44,3 +44,10 @@ def test_a_real_host_writes_coins_only_where_its_node_config_says(tmp_path):
     assert audit_folder(cfg, context({"audit-dir": str(tmp_path)}), config) == tmp_path
     sim = from_run_config({"audit-canaries": 20})
     assert audit_folder(sim, context({}), config) == tmp_path.__class__("/srv/run/audit")
+
+
+def test_a_real_host_refuses_to_train_without_its_noise():
+    with pytest.raises(ConfigError, match="'fault-injection'.*refuses it"):
+        from_run_config({"client-data": "local", "fault-injection": "0:*:no-noise"})
+    from_run_config({"client-data": "local", "fault-injection": "0:1:raise"})  # harmless faults
+    from_run_config({"fault-injection": "0:*:no-noise"})  # a simulation: one operator
