@@ -69,6 +69,7 @@ def run_simulation(
         env=env, cwd=str(project), stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL, start_new_session=True,
     )
+    ended = False  # once a run has ended, its flwr-simulation idles through SIGTERM for 10 s
     try:
         wait_for_port(port, superlink)
         federation = f"num-supernodes={num_clients} client-resources-num-cpus={cpus_per_client}"
@@ -83,12 +84,16 @@ def run_simulation(
                                   timeout=timeout_s, check=False).returncode
         else:
             code = _stream(cmd, env, project, log, console, timeout_s)
+        ended = True
         if code != 0:
             return code
         shown = console is not None and not console.verbose and console.errors_shown > 0
         return 0 if runs_completed(env, project, quiet=shown) else 1
     finally:
-        stop_run_processes(port)
+        # ``flwr run --stream`` returns once the run has ended (completed or failed): its outputs
+        # are on disk and nothing is left to end gracefully. An interrupted run's Ray workers
+        # get the full grace period.
+        stop_run_processes(port, grace_s=1.0 if ended else 10.0)
         stop_process_group(superlink)
         signal.signal(signal.SIGTERM, previous)
         if log:
