@@ -181,3 +181,19 @@ def test_the_supernode_runs_flowers_own_with_a_short_idle_poll(monkeypatch):
     from flwr.supernode import start_client_internal
 
     assert start_client_internal.time is time  # patched only in the SuperNode's own process
+
+
+def test_the_supernode_declares_a_10_s_heartbeat_the_superlink_accepts(monkeypatch):
+    from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection
+
+    from fedtune.deploy import supernode_main
+
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_DEFAULT_INTERVAL", 30)
+    monkeypatch.setattr(fleet_http_connection, "HEARTBEAT_DEFAULT_INTERVAL", 30)
+    supernode_main.shorten_heartbeat(supernode_main.DEFAULT_HEARTBEAT_S)
+    # what the node declares on activation and in each beat, and what its beat thread waits on
+    assert fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == 10
+    assert heartbeat.HEARTBEAT_DEFAULT_INTERVAL == 10
+    assert supernode_main.DEFAULT_HEARTBEAT_S >= HEARTBEAT_MIN_INTERVAL
