@@ -27,6 +27,7 @@ POOLINGS = ("auto", "mean", "cls", "pooler")
 OPTIMIZER_STATES = ("keep", "reset")
 AGGREGATIONS = ("fedavg", "ffa", "hetero-rank")
 SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
+CLIENT_SELECTIONS = ("random", "cyclic")
 DP_MODES = ("off", "sample", "client", "both")
 CLIENT_DP_SIDES = ("server", "client")
 SECURE_AGGREGATIONS = ("off", "secagg+")
@@ -188,6 +189,13 @@ class RunConfig:
     num_server_rounds: int = setting(2, "federated rounds", min=1)
     fraction_train: float = setting(1.0, "fraction of clients sampled per round",
                                     min=0, min_open=True, max=1)
+    client_selection: str = setting(
+        "random",
+        "which clients train each round: `random` (Flower's sampling) or `cyclic` (the connected "
+        "nodes in id order, `fraction-train` of them per round, each round continuing where the "
+        "last stopped, so every client gets the same number of turns; set `planned-rounds` to "
+        "that number)",
+        choices=CLIENT_SELECTIONS)
     fraction_evaluate: float = setting(
         0.0,
         "fraction of clients asked for federated evaluation (central evaluation always runs); "
@@ -625,6 +633,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(cfg.audit_canaries == 0 or cfg.task == "seq-cls", "audit-canaries",
            cfg.audit_canaries, "the canary audit scores labelled records: it needs task = "
            "'seq-cls'; set audit-canaries = 0")
+    _check(cfg.client_selection == "random" or not cfg.client_dp_enabled, "client-selection",
+           cfg.client_selection, "client-level DP's accounting assumes each round samples the "
+           "clients at random (its amplification by sampling); a fixed cyclic order has none. "
+           "Use client-selection = 'random' with dp = 'client' or 'both'")
     _check(cfg.audit_canary_clients == 0 or cfg.client_dp_enabled, "audit-canary-clients",
            cfg.audit_canary_clients, "the client-level audit measures DP-FedAvg: it needs "
            "dp = 'client' or 'both'; set audit-canary-clients = 0")

@@ -10,7 +10,7 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
@@ -22,7 +22,7 @@ from fedtune.data.partitioning import describe
 from fedtune.model.adapter import adapter_state
 from fedtune.model.build import load_tokenizer
 from fedtune.outputs.run_folder import RunFolder
-from fedtune.privacy.calibration import check_delta
+from fedtune.privacy.calibration import check_delta, turns_warning
 from fedtune.privacy.signal_to_noise import server_check, trainable_count
 from fedtune.protocol import LABELS, RESUME_PRIVACY, RUN_KEY
 from fedtune.tasks.registry import Task, task_for
@@ -74,6 +74,8 @@ def prepare_run(grid: Grid, cfg: RunConfig) -> PreparedRun:
         folder.write_partitions(partitions, splits.labels, splits.source)
     if snr := server_check(cfg, partitions, num_clients, trainable_count(model)):
         log(snr[0], "%s", snr[1])  # will DP-SGD's noise drown the run? said before round 1
+    if turns := turns_warning(cfg, num_clients):
+        log(WARNING, "%s", turns)
 
     tokenizer = load_tokenizer(cfg)
     eval_set = task.encode(tokenizer, splits.eval, cfg)

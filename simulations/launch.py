@@ -11,6 +11,7 @@ warnings and errors, and a progress bar; the full log goes to ``run.log`` in the
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from collections import deque
@@ -25,6 +26,27 @@ from fedtune.launch.simulation import run_simulation
 from fedtune.project import PROJECT_ROOT
 
 LOG_NAME = "run.log"
+TURNS = 2  # rounds each client trains in under the main job's schedule
+SCHEDULE_KEYS = ("client-selection", "fraction-train", "num-server-rounds", "planned-rounds")
+
+
+def turn_taking(num_clients: int, min_clients: int) -> dict:
+    """The main job's schedule for ``num_clients``: a fifth of the clients train each round, in
+    turns, each client twice (``planned-rounds = 2``), for 2 x clients / per-round rounds.
+
+    Why here and not in pyproject.toml: the schedule depends on the federation's size, which a
+    run config cannot know. Measured on SST-2 with 10 clients at epsilon 8 and the same compute
+    (docs/results.md, "Accuracy under DP"): every client every round (2 rounds) reached 0.727
+    after half the data; 2 clients a round in turns reached 0.812. The run is step-limited, and
+    turns multiply the sequential steps at the same per-client epsilon.
+    """
+    per_round = min(num_clients, max(num_clients // 5, min_clients))
+    rounds = -(-TURNS * num_clients // per_round)
+    fraction = per_round / num_clients
+    while int(num_clients * fraction) < per_round:  # Flower takes int(N * fraction-train)
+        fraction = math.nextafter(fraction, 2.0)
+    return {"client-selection": "cyclic", "fraction-train": fraction,
+            "num-server-rounds": rounds, "planned-rounds": TURNS}
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -63,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     verbose = args.verbose or verbose_from_env()
     try:  # fail in a second, not after the SuperLink and Ray have started
         overrides = parse_run_config(args.run_config)
+        schedule = {}
+        if not any(k in overrides for k in SCHEDULE_KEYS):
+            min_clients = preflight(overrides, PROJECT_ROOT).cfg.min_clients
+            schedule = turn_taking(args.num_clients, min_clients)
+            overrides = {**schedule, **overrides}
         checked = preflight(overrides, PROJECT_ROOT)
         if args.num_clients < checked.cfg.min_clients:
             raise ConfigError(f"--num-clients {args.num_clients} is below run-config key "
@@ -79,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     view = ConsoleView(verbose=verbose)
+    if schedule:
+        view.say("schedule    " + " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in schedule.items())
+                 + f" (clients take turns; set any of {', '.join(SCHEDULE_KEYS)} to choose)")
     view.say(f"run folder  {checked.run_root}")
     view.say(f"full log    {log_path}")
     try:

@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from fedtune.arrays import Arrays, record_bytes, to_record
@@ -45,6 +46,15 @@ def weighted_mean(items: list[tuple[Arrays, float]]) -> Arrays:
     return {k: v.astype(np.asarray(first[k]).dtype) for k, v in out.items()}
 
 
+def cyclic_turn(node_ids: Iterable[int], size: int, server_round: int) -> list[int]:
+    """Round ``server_round``'s ``size`` nodes of the cycle over the sorted ids: round 1 takes
+    the first ``size``, round 2 the next, wrapping around; a run resumed at round r picks what
+    an uninterrupted one would."""
+    ids = sorted(node_ids)
+    start = (server_round - 1) * size
+    return [ids[(start + j) % len(ids)] for j in range(min(size, len(ids)))]
+
+
 class LoraStrategy(FedAvg):
     """Subclasses implement :meth:`begin_round`, :meth:`payloads` and :meth:`aggregate`."""
 
@@ -53,8 +63,9 @@ class LoraStrategy(FedAvg):
     supports_client_dp = False
 
     def __init__(self, *, min_replies: int, server_optimizer: ServerOptimizer | None = None,
-                 max_update_norm: float = 0.0, **kwargs):
+                 max_update_norm: float = 0.0, client_selection: str = "random", **kwargs):
         super().__init__(**kwargs)
+        self.client_selection = client_selection
         self.client_dp = None
         # The client-level audit's canary clients (``audit-canary-clients``), added to the
         # clipped sum by strategies that apply ``client_dp``.
@@ -97,7 +108,10 @@ class LoraStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        sampled = list(super().configure_train(server_round, arrays, config, grid))
+        if self.client_selection == "cyclic":
+            sampled = self._cyclic_messages(server_round, arrays, config, grid)
+        else:
+            sampled = list(super().configure_train(server_round, arrays, config, grid))
         self.begin_round(server_round, arrays, config)
         log_ = self.rounds[server_round] = RoundLog(sampled=len(sampled))
         nodes = [int(m.metadata.dst_node_id) for m in sampled]
@@ -117,6 +131,24 @@ class LoraStrategy(FedAvg):
                                     dst_node_id=node))
         self._messages[server_round] = messages  # the grid fills in their ids when it sends
         return messages
+
+    def _cyclic_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                         grid: Grid) -> list[Message]:
+        """FedAvg's ``configure_train`` with the sample replaced by the next clients in a fixed
+        cycle (``client-selection = cyclic``). Why: under sample-level DP at a fixed budget a
+        client's steps are few, and a federation whose every client trains every round makes as
+        many sequential steps as one client does; taking turns multiplies the sequential steps
+        by clients/sampled at the same compute and the same per-client epsilon (docs/results.md,
+        "Accuracy under DP")."""
+        size = max(int(len(list(grid.get_node_ids())) * self.fraction_train),
+                   self.min_train_nodes)
+        _, every = sample_nodes(grid, self.min_available_nodes, size)
+        nodes = cyclic_turn(every, size, server_round)
+        log(INFO, "configure_train: nodes %s take their turn (cyclic, %d of %d)",
+            nodes, len(nodes), len(every))
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return list(self._construct_messages(record, nodes, MessageType.TRAIN))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

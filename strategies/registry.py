@@ -33,6 +33,7 @@ def build_strategy(cfg: RunConfig, num_clients: int) -> Strategy:
         server_optimizer=build_server_optimizer(cfg),
         max_update_norm=cfg.max_update_norm,
         weighted_by_key=weight_key(cfg),
+        client_selection=cfg.client_selection,
     )
     if cfg.aggregation == "hetero-rank":
         common.update(lora_alpha=cfg.lora_alpha, global_rank=cfg.lora_r, seed=cfg.seed)

@@ -157,3 +157,22 @@ def test_help_describes_every_option_with_its_default():
 ])
 def test_run_config_parsing_matches_flower(text):
     assert parse_run_config(text) == dict(parse_config_args([text]) if text else {})
+
+
+def test_the_main_job_takes_turns_unless_the_user_sets_the_schedule(
+        tiny_model, toy_data, tmp_path, monkeypatch, capsys):
+    from fedtune.config import from_run_config
+    from fedtune.privacy.calibration import cyclic_turns
+
+    seen = []
+    monkeypatch.setattr(launch, "run_simulation",
+                        lambda overrides, num_clients, **kw: seen.append(overrides) or 0)
+    assert launch.main(["--num-clients", "10", "--run-config",
+                        _ok(tiny_model, toy_data, tmp_path)]) == 0
+    assert "schedule    client-selection=cyclic fraction-train=0.2" in capsys.readouterr().out
+    cfg = from_run_config(seen[0])
+    assert (cfg.client_selection, cfg.num_server_rounds, cfg.planned_rounds) == ("cyclic", 10, 2)
+    assert cyclic_turns(cfg, 10) == cfg.planned_rounds  # each client: 2 turns, as planned
+    assert launch.main(["--num-clients", "10", "--run-config", _ok(
+        tiny_model, toy_data, tmp_path, output_dir=tmp_path / "b", num_server_rounds=3)]) == 0
+    assert "client-selection" not in seen[1]  # a schedule key set: the user's schedule

@@ -72,6 +72,30 @@ def planned_rounds(cfg: RunConfig) -> int:
     return cfg.planned_rounds or cfg.num_server_rounds
 
 
+def cyclic_turns(cfg: RunConfig, num_clients: int) -> int:
+    """Rounds each client trains in under ``client-selection = cyclic``: the cycle hands out
+    max(int(N * fraction-train), min-clients) turns a round over N clients (some clients get one
+    turn more when that does not divide evenly)."""
+    per_round = min(num_clients, max(int(num_clients * cfg.fraction_train), cfg.min_clients))
+    return math.ceil(cfg.num_server_rounds * per_round / max(num_clients, 1))
+
+
+def turns_warning(cfg: RunConfig, num_clients: int) -> str | None:
+    """A line for the server to log before round 1 when ``planned-rounds`` does not match the
+    turns of a cyclic run: too many planned rounds spread the budget over steps that never
+    happen (more noise than needed); too few make clients refuse their last turns."""
+    if cfg.client_selection != "cyclic" or not cfg.dp_enabled or num_clients < 1:
+        return None
+    turns, planned = cyclic_turns(cfg, num_clients), planned_rounds(cfg)
+    if turns == planned:
+        return None
+    effect = ("each client's noise is calibrated for rounds it never trains in"
+              if planned > turns else "clients will refuse their last turns")
+    return (f"client-selection = 'cyclic' gives each of the {num_clients} clients {turns} "
+            f"turn(s) in {cfg.num_server_rounds} rounds, but the noise is planned for "
+            f"{planned} round(s) ('planned-rounds'): {effect}; set planned-rounds = {turns}")
+
+
 def planned_steps(cfg: RunConfig, num_examples: int) -> int:
     return planned_rounds(cfg) * steps_per_round(num_examples, batch_size_for(cfg, num_examples),
                                                  cfg.local_epochs)
