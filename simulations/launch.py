@@ -30,9 +30,10 @@ TURNS = 2  # rounds each client trains in under the main job's schedule
 SCHEDULE_KEYS = ("client-selection", "fraction-train", "num-server-rounds", "planned-rounds")
 
 
-def turn_taking(num_clients: int, min_clients: int) -> dict:
+def turn_taking(num_clients: int, min_clients: int, turns: int = TURNS) -> dict:
     """The main job's schedule for ``num_clients``: a fifth of the clients train each round, in
-    turns, each client twice (``planned-rounds = 2``), for 2 x clients / per-round rounds.
+    turns, each client ``turns`` times (``planned-rounds``), for turns x clients / per-round
+    rounds.
 
     Why here and not in pyproject.toml: the schedule depends on the federation's size, which a
     run config cannot know. Measured on SST-2 with 10 clients at epsilon 8 and the same compute
@@ -41,12 +42,12 @@ def turn_taking(num_clients: int, min_clients: int) -> dict:
     turns multiply the sequential steps at the same per-client epsilon.
     """
     per_round = min(num_clients, max(num_clients // 5, min_clients))
-    rounds = -(-TURNS * num_clients // per_round)
+    rounds = -(-turns * num_clients // per_round)
     fraction = per_round / num_clients
     while int(num_clients * fraction) < per_round:  # Flower takes int(N * fraction-train)
         fraction = math.nextafter(fraction, 2.0)
     return {"client-selection": "cyclic", "fraction-train": fraction,
-            "num-server-rounds": rounds, "planned-rounds": TURNS}
+            "num-server-rounds": rounds, "planned-rounds": turns}
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):

@@ -162,19 +162,23 @@ def test_utility_plan_rows():
         assert "batch-size" not in o  # the project default: automatic per client
     sst2 = [r for r in rows.values() if r["data"] == "sst2"]
     assert len(sst2) == 5  # the same rounds and epochs over the same rows: the same samples
-    assert {(r["overrides"]["num-server-rounds"], r["overrides"]["local-epochs"],
-             r["overrides"]["max-train-samples"], r["overrides"]["dataset"])
-            for r in sst2} == {(2, 0.5, 0, args.dataset)}
+    # each client's rounds: all of them centrally, its turns in a federation
+    assert {(r["overrides"].get("planned-rounds") or r["overrides"]["num-server-rounds"],
+             r["overrides"]["local-epochs"], r["overrides"]["max-train-samples"],
+             r["overrides"]["dataset"]) for r in sst2} == {(2, 0.5, 0, args.dataset)}
     assert [rows[n]["clients"] for n in ("fed10-iid-dp8", "fed10-dir0.3-dp8", "fed100-iid-dp8",
                                           "trec6-fed5-dp8")] == [10, 10, 100, 5]
     assert rows["fed10-dir0.3-dp8"]["overrides"]["dirichlet-alpha"] == 0.3
-    assert rows["fed100-iid-dp8"]["overrides"]["min-clients"] == 100
+    fed100 = rows["fed100-iid-dp8"]["overrides"]  # the main job's turns: 20 clients a round
+    assert (fed100["client-selection"], fed100["min-clients"], fed100["num-server-rounds"],
+            fed100["planned-rounds"]) == ("cyclic", 20, 10, 2)
     assert rows["central-nodp"]["overrides"]["dp"] == "off"
     assert rows["trec50-fed5-dp8"]["overrides"]["label-column"] == "fine_label"
     assert rows["trec6-fed5-nodp"]["overrides"]["label-column"] == "label"
     assert rows["trec50-fed5-nodp"]["overrides"]["dp"] == "off"
     trec = rows["trec6-fed5-dp8"]["overrides"]
-    assert trec["dataset"].endswith("shared/data/trec") and trec["num-server-rounds"] == 4
+    assert trec["dataset"].endswith("shared/data/trec") and trec["planned-rounds"] == 4
+    assert trec["num-server-rounds"] == 10  # 2 of 5 clients a round, 4 turns each
     assert trec["local-epochs"] == 1.0
     assert rows["fed10-iid-dp8"]["target"] and rows["trec6-fed5-nodp"]["target"] is None
 
@@ -183,11 +187,11 @@ def test_utility_plan_rows():
     rows = {r["name"]: r for r in plan_rows(quick)}
     assert list(rows) == ["central-dp8", "fed100-iid-dp8", "trec50-fed5-dp8"]
     assert rows["fed100-iid-dp8"]["clients"] == 4 == rows["trec50-fed5-dp8"]["clients"]
-    assert rows["fed100-iid-dp8"]["overrides"]["min-clients"] == 4
+    assert rows["fed100-iid-dp8"]["overrides"]["min-clients"] == 2  # 2 of 4 a round
     assert rows["central-dp8"]["overrides"]["max-train-samples"] == 2000
     assert rows["fed100-iid-dp8"]["overrides"]["max-eval-samples"] == 128
     assert rows["trec50-fed5-dp8"]["overrides"]["max-train-samples"] == 600
-    assert rows["trec50-fed5-dp8"]["overrides"]["num-server-rounds"] == 2
+    assert rows["trec50-fed5-dp8"]["overrides"]["planned-rounds"] == 2  # turns; 4 rounds
     assert all(r["overrides"]["lr"] == 0.02 for r in rows.values())
     with pytest.raises(SystemExit, match="no such row"):
         plan_rows(_utility_args("--only", "fed-iid-dp8")[1])

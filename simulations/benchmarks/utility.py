@@ -34,9 +34,11 @@ from fedtune.project import PROJECT_ROOT
 from simulations.benchmarks.arms import run_central, run_federated
 from simulations.benchmarks.cli import common_arguments, device_arguments
 from simulations.benchmarks.common import finish, header, result_dir, runs_dir, save, table
+from simulations.launch import turn_taking
 
 TREC = PROJECT_ROOT.parent / "shared" / "data" / "trec"
 F1_GAP_POINTS = 5.0
+MIN_CLIENTS = 2
 QUICK_CLIENTS = 4  # enough to exercise partitioning and aggregation in a couple of minutes
 
 DP = {"dp": "sample"}
@@ -74,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "rows, at most 4 clients: checks the pipeline")
     device_arguments(parser)
     parser.add_argument("--rounds", type=int, default=2,
-                        help="rounds of the SST-2 rows (default 2, as the main job)")
+                        help="rounds each client trains in, in the SST-2 rows (default 2, as the "
+                             "main job; federated rows take turns as the main job does)")
     parser.add_argument("--local-epochs", type=float, default=0.5,
                         help="local epochs per round of the SST-2 rows (default 0.5)")
     parser.add_argument("--rows", type=int, default=-1,
@@ -82,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "2,000 with --quick)")
     parser.add_argument("--trec", default=str(TREC), help="TREC folder (train/validation jsonl)")
     parser.add_argument("--trec-rounds", type=int, default=0,
-                        help="rounds of the TREC rows (default 4, 2 with --quick)")
+                        help="rounds each client trains in, in the TREC rows (default 4, 2 with "
+                             "--quick)")
     parser.add_argument("--trec-local-epochs", type=float, default=1.0,
                         help="local epochs per round of the TREC rows (default 1.0)")
     parser.add_argument("--only", default="",
@@ -123,8 +127,10 @@ def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.quick and arm == "federated":
             clients = min(clients, QUICK_CLIENTS)
         overrides = {**common, **data[kind], **extra, **row}
-        if arm == "federated":
-            overrides["min-clients"] = clients
+        if arm == "federated":  # the main job's turns: each client trains `rounds` times
+            schedule = turn_taking(clients, MIN_CLIENTS, overrides["num-server-rounds"])
+            overrides |= schedule  # every client that takes a turn must reply
+            overrides["min-clients"] = int(clients * schedule["fraction-train"])
         planned.append({"name": name, "arm": arm, "clients": clients, "data": kind,
                         "target": target_text(name), "overrides": overrides})
     return planned
