@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--load-in-4bit", action="store_true", help="QLoRA (needs bitsandbytes)")
     parser.add_argument("--allow-cpu", action="store_true", help="smoke-test without a GPU")
+    parser.add_argument("--dp", default="on", choices=("on", "off"),
+                        help="DP-SGD (Opacus, the default) or the same round without DP")
+    parser.add_argument("--save", default="", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "num-server-rounds": 1, "target-epsilon": args.target_epsilon,
         "delta": min(1e-5, 0.1 / args.rows), "precision": args.precision,
         "load-in-4bit": args.load_in_4bit, "eval-batch-size": 32,
+        "dp": "sample" if args.dp == "on" else "off",
     })
     task = task_for(cfg)
     splits = task.load_splits(cfg)
@@ -119,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     before = task.evaluate(cfg, model, evaluation, tokenizer.pad_token_id, 0)
     n = len(train)
-    state = PrivacyState(noise_multiplier=calibrate(cfg, n),
-                         sample_rate=sample_rate(n, cfg.batch_size))
+    tokens_per_row = sum(len(ids) for ids in train.input_ids) / max(n, 1)
+    state = (PrivacyState(noise_multiplier=calibrate(cfg, n),
+                          sample_rate=sample_rate(n, cfg.batch_size))
+             if cfg.dp_enabled else PrivacyState())
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
@@ -136,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model, "device": torch.cuda.get_device_name() if cuda else "cpu",
         "bf16": uses_bf16(cfg), "load_in_4bit": cfg.load_in_4bit, "rows": n,
         "steps": result.steps, "expected_batch": cfg.batch_size,
-        "noise_multiplier": round(state.noise_multiplier, 4),
-        "epsilon": round(epsilon(state.history, cfg.delta, cfg.accountant), 3),
+        "dp": args.dp, "noise_multiplier": round(state.noise_multiplier, 4),
+        "epsilon": (round(epsilon(state.history, cfg.delta, cfg.accountant), 3)
+                    if cfg.dp_enabled else None),
         "delta": cfg.delta, "trainable_params": trainable,
         "samples_per_s": round(result.steps * cfg.batch_size / train_s, 1),
+        "tokens_per_row": round(tokens_per_row, 1),
+        "tokens_per_s": round(result.steps * cfg.batch_size * tokens_per_row / train_s, 1),
         "train_s": round(train_s, 1), "load_s": round(load_s, 1),
         "train_loss": round(result.train_loss, 4),
         "eval_loss_before": round(before["loss"], 4), "eval_loss_after": round(after["loss"], 4),
@@ -151,6 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     for s in samples:
         print(f"--- prompt: {s['prompt'][-60:]!r}\n    generation: {s['generation'][:120]!r}")
     print("RESULT " + json.dumps(figures))
+    if args.save:  # for the results page: one file per mode, with where and when it ran
+        from fedtune.atomic import write_json
+        from simulations.benchmarks.common import header
+
+        name = "causal-lm-speed-" + ("dp" if cfg.dp_enabled else "nodp")
+        settings = {k.replace("_", "-"): v for k, v in vars(args).items() if k != "save"}
+        command = "python -m simulations.gpu_causal_lm " + " ".join(
+            shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        write_json(Path(args.save), header(name, not cuda, settings) | figures
+                   | {"command": command, "complete": True})
     return 0
 
 

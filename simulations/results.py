@@ -23,7 +23,12 @@ from fedtune.atomic import write_bytes, write_text
 from fedtune.project import PROJECT_ROOT
 
 ORDER = ("throughput", "federation", "bytes", "utility", "scale", "strategies", "audit",
-         "secagg")
+         "secagg", "throughput-bert-large", "causal-lm-speed")
+# Only ``simulations/gpu_bench.sh`` writes these (docs/results/gpu/); the issue 17 targets.
+GPU_ONLY = ("throughput-bert-large", "causal-lm-speed")
+GPU_TARGETS = {"throughput": 1.25, "throughput-bert-large": 1.15}
+BERT_LARGE_FP32_NODP = 637.0  # samples/s on an H200 before precision = auto (issue 17)
+CAUSAL_DP_SHARE = 0.5
 FULL_COMMANDS = {
     "throughput": "python -m simulations.bench throughput",
     "federation": "python -m simulations.bench federation",
@@ -101,6 +106,28 @@ def section_throughput(r: dict[str, Any]) -> str:
             f"{s['threads']} thread(s), device {s['device']}. Same Poisson batches in every "
             f"mode: {fmt(r.get('same_batches'))}. Target (default mode, hooks): "
             f"{verdict(r.get('target_met'))}.")
+
+
+def section_causal_speed(r: dict[str, Any]) -> str:
+    rows = [[x["dp"], x["tokens_per_s"], x["samples_per_s"], x.get("peak_gpu_mem_gib"),
+             fmt(x.get("epsilon"))] for x in r["results"]]
+    share = r.get("dp_share")
+    return (md_table(["DP", "tokens/s", "samples/s", "peak GPU GiB", "epsilon"], rows)
+            + f"\n\nModel: {r['results'][0]['model']} (random init), "
+            f"{r['results'][0]['tokens_per_row']} tokens per row. DP tokens/s as a share of "
+            f"no-DP: {fmt(share)} (target >= {CAUSAL_DP_SHARE:g}: "
+            f"{verdict(None if share is None else share >= CAUSAL_DP_SHARE)}).")
+
+
+def causal_speed(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The two one-mode files of ``simulations.gpu_causal_lm --save`` as one result."""
+    runs = [results[k] for k in ("causal-lm-speed-nodp", "causal-lm-speed-dp") if k in results]
+    if not runs:
+        return None
+    by = {x["dp"]: x for x in runs}
+    share = (by["on"]["tokens_per_s"] / by["off"]["tokens_per_s"]
+             if {"on", "off"} <= set(by) and by["off"]["tokens_per_s"] else None)
+    return {**runs[-1], "benchmark": "causal-lm-speed", "results": runs, "dp_share": share}
 
 
 def section_federation(r: dict[str, Any]) -> str:
@@ -231,7 +258,7 @@ def section_secagg(r: dict[str, Any]) -> str:
 
 def summary_rows(results: dict[str, dict[str, Any]], tag: str) -> list[list[Any]]:
     rows = []
-    if r := results.get("throughput"):
+    if (r := results.get("throughput")) and not tag:  # on a GPU: its own target, below
         rows.append([f"throughput{tag}", "DP (hooks) / no-DP time <= 1.10",
                      fmt(r.get("ratio_default_mode")), verdict(r.get("target_met"))])
     if r := results.get("federation"):
@@ -263,6 +290,20 @@ def summary_rows(results: dict[str, dict[str, Any]], tag: str) -> list[list[Any]
     if r := results.get("scale"):
         rows.append([f"scale{tag}", "peak memory flat in the number of clients",
                      f"{fmt(r.get('rss_growth'))}x", verdict(r.get("target_met"))])
+    if tag:  # the GPU targets of issue 17
+        for name, limit in GPU_TARGETS.items():
+            if (r := results.get(name)) and (ratio := r.get("ratio_default_mode")) is not None:
+                rows.append([f"{name}{tag}", f"DP (hooks) / no-DP time <= {limit:g}",
+                             fmt(ratio), verdict(ratio <= limit)])
+        if r := results.get("throughput-bert-large"):
+            nodp = next((x["samples_per_s"] for x in r["results"] if x["mode"] == "no-dp"), None)
+            if nodp is not None:
+                rows.append([f"throughput-bert-large{tag}",
+                             f"no-DP samples/s >= 3 x {BERT_LARGE_FP32_NODP:g} (fp32 before)",
+                             fmt(nodp, 1), verdict(nodp >= 3 * BERT_LARGE_FP32_NODP)])
+        if (r := results.get("causal-lm-speed")) and r.get("dp_share") is not None:
+            rows.append([f"causal-lm-speed{tag}", "DP tokens/s >= 50% of no-DP",
+                         fmt(r["dp_share"]), verdict(r["dp_share"] >= CAUSAL_DP_SHARE)])
     return rows
 
 
@@ -312,6 +353,8 @@ def render(results: dict[str, dict[str, Any]], gpu: dict[str, dict[str, Any]],
         "says where and when it was measured, with the load average at the start.\n",
         "## Summary\n",
     ]
+    if speed := causal_speed(gpu):
+        gpu = {**gpu, "causal-lm-speed": speed}
     rows = summary_rows(results, "") + summary_rows(gpu, " (GPU)")
     parts.append(md_table(["benchmark", "target", "measured", "verdict"], rows) if rows else
                  "No results yet: run the commands below, then `python -m simulations.results`.")
@@ -322,22 +365,29 @@ def render(results: dict[str, dict[str, Any]], gpu: dict[str, dict[str, Any]],
                 "scale": ("Scale: 100 and 1,000 simulated clients", section_scale),
                 "strategies": ("Strategies: fedavg vs ffa vs hetero-rank", section_strategies),
                 "audit": ("Privacy audit: lower bounds on epsilon", section_audit),
-                "secagg": ("Secure aggregation: SecAgg+ vs plain fedavg", section_secagg)}
+                "secagg": ("Secure aggregation: SecAgg+ vs plain fedavg", section_secagg),
+                "throughput-bert-large": ("Throughput: BERT-large shape (random init), DP vs no "
+                                          "DP", section_throughput),
+                "causal-lm-speed": ("Causal-LM tokens/s: 0.5B Llama shape (random init), DP vs "
+                                    "no DP", section_causal_speed)}
     for name in ORDER:
         title, fn = sections[name]
         for tag, source in (("", results), (" (GPU)", gpu)):
             r = source.get(name)
             if r is None:
-                if not tag and name != "strategies":
+                if not tag and name != "strategies" and name not in GPU_ONLY:
                     parts.append(f"\n## {title}\n\nNot run yet: `{FULL_COMMANDS[name]}`.")
                 continue
             body = (section_utility(r, plots.get("utility" + ("-gpu" if tag else ""), []))
                     if name == "utility" else fn(r))
             parts.append(f"\n## {title}{tag}\n\n{body}\n\n{where(r)}")
-    parts.append("\n## Reproduce\n\n```bash\n" + "\n".join(FULL_COMMANDS[n] for n in ORDER)
+    parts.append("\n## Reproduce\n\n```bash\n" + "\n".join(FULL_COMMANDS[n] for n in ORDER
+                                                           if n not in GPU_ONLY)
                  + "\npython -m simulations.results\n```\n\nOn a machine with a CUDA GPU: "
-                 "`bash simulations/gpu_bench.sh` (throughput and utility on full SST-2, within "
-                 "10 minutes; results in `docs/results/gpu/`, marked GPU above). Each benchmark "
+                 "`bash simulations/gpu_bench.sh` (throughput no-DP vs DP of MiniLM on full SST-2 "
+                 "and of a BERT-large-shaped model, causal-LM tokens/s with and without DP of a "
+                 "0.5B Llama-shaped model, within 8 minutes; `--utility` adds the utility rows; "
+                 "results in `docs/results/gpu/`, marked GPU above). Each benchmark "
                  "takes `--quick` (a minute or two, results in `docs/results/quick/`, never on this"
                  " page) to check the pipeline.")
     return "\n".join(parts) + "\n"

@@ -111,7 +111,8 @@ def test_results_page_is_rebuilt_from_the_json_files(tmp_path):
     text = build(results, page)
     assert page.read_text() == text
     assert "| throughput | DP (hooks) / no-DP time <= 1.10 | 1.234 | **MISSED** |" in text
-    assert "| throughput (GPU) | DP (hooks) / no-DP time <= 1.10 | 1.234 | **MISSED** |" in text
+    # on a GPU the target is issue 17's 1.25 for MiniLM
+    assert "| throughput (GPU) | DP (hooks) / no-DP time <= 1.25 | 1.234 | met |" in text
     assert "| utility | 10 clients IID DP accuracy >= 0.82 | 0.834 | met |" in text
     assert "| utility | TREC-6 DP macro-F1 within 5 points of no-DP | 12.0 points below " \
            "| **MISSED** |" in text
@@ -218,3 +219,21 @@ def test_utility_judge_fills_in_targets_and_gaps():
     assert by["trec50-fed5-dp8"]["target_met"] is None
     by["fed10-iid-dp8"]["accuracy"] = 0.81
     assert judge(rows) is False
+
+
+def test_gpu_only_sections_join_the_causal_modes_and_judge_their_targets(tmp_path):
+    from simulations.benchmarks.common import save
+    from simulations.results import build
+
+    gpu = tmp_path / "results" / "gpu"
+    gpu.mkdir(parents=True)
+    base = {"quick": False, "complete": True, "command": "x", "settings": {},
+            "machine": {"gpu": "Test GPU", "cpu": "c", "cpu_count": 1}}
+    for dp, tokens in (("off", 1000.0), ("on", 600.0)):
+        save(base | {"benchmark": f"causal-lm-speed-{'dp' if dp == 'on' else 'nodp'}",
+                     "dp": dp, "tokens_per_s": tokens, "samples_per_s": tokens / 40,
+                     "tokens_per_row": 40.0, "model": "llama-0.5b", "epsilon": None}, gpu)
+    text = build(tmp_path / "results", tmp_path / "results.md")
+    assert "| causal-lm-speed (GPU) | DP tokens/s >= 50% of no-DP | 0.600 | met |" in text
+    assert "## Causal-LM tokens/s: 0.5B Llama shape (random init), DP vs no DP (GPU)" in text
+    assert "throughput-bert-large" not in text.split("## Reproduce")[1]  # GPU-only: no command

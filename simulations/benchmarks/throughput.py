@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default: every core, as one training process would)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--modes", default="",
+                        help="comma-separated modes to time (default: all of "
+                             f"{', '.join(m[0] for m in MODES)}; no-dp is always one)")
+    parser.add_argument("--name", default="throughput",
+                        help="result name (file <name>.json), e.g. throughput-bert-large for "
+                             "another --run-config model")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
                 "max-length": base.max_length, "noise-multiplier": sigma_state.noise_multiplier,
                 "device": str(resolve_device(base))}
     folder = result_dir(args.quick, args.out)
-    result = header("throughput", args.quick, settings)
+    result = header(args.name, args.quick, settings)
+    wanted = {m.strip() for m in args.modes.split(",") if m.strip()} | {"no-dp"}
+    unknown = wanted - {name for name, _, _ in MODES}
+    if args.modes and unknown:
+        raise SystemExit(f"throughput: no such mode(s): {', '.join(sorted(unknown))}")
+    modes = tuple(m for m in MODES if not args.modes or m[0] in wanted)
 
     def one(dp: str, mode: str, seed: int, cfg_steps: float | None = None
             ) -> tuple[float, int, float]:
@@ -143,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     samples: dict[str, list[int]] = {name: [] for name, _, _ in MODES}
     cpu: dict[str, list[float]] = {name: [] for name, _, _ in MODES}
     for rep in range(repeats):
-        order = MODES[rep % len(MODES):] + MODES[:rep % len(MODES)]
+        order = modes[rep % len(modes):] + modes[:rep % len(modes)]
         for name, dp, mode in order:
             took, seen, cpu_s = one(dp, mode, seed=1000 + rep)
             times[name].append(took)
