@@ -237,3 +237,23 @@ def test_gpu_only_sections_join_the_causal_modes_and_judge_their_targets(tmp_pat
     assert "| causal-lm-speed (GPU) | DP tokens/s >= 50% of no-DP | 0.600 | met |" in text
     assert "## Causal-LM tokens/s: 0.5B Llama shape (random init), DP vs no DP (GPU)" in text
     assert "throughput-bert-large" not in text.split("## Reproduce")[1]  # GPU-only: no command
+
+
+def test_random_models_build_offline_and_run(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from fedtune.config import RunConfig
+    from fedtune.model.build import load_tokenizer
+    from simulations.random_models import bert_large, llama_05b
+
+    bert = bert_large(tmp_path / "bert", check=True)
+    llama = llama_05b(tmp_path / "llama", check=True)
+    tok = load_tokenizer(RunConfig(model=str(bert)))
+    ids = tok(["a fine film"], return_tensors="pt")
+    assert AutoModelForSequenceClassification.from_pretrained(bert)(**ids).logits.shape == (1, 2)
+    tok = load_tokenizer(RunConfig(model=str(llama), task="causal-lm"))
+    ids = tok(["What is 3 + 4 ?"], return_tensors="pt")["input_ids"]
+    assert ids[0, 0] == tok.bos_token_id and tok.unk_token_id not in ids[0].tolist()
+    with torch.no_grad():
+        assert torch.isfinite(AutoModelForCausalLM.from_pretrained(llama)(ids).logits).all()
