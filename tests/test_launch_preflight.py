@@ -176,3 +176,6 @@ def test_the_main_job_takes_turns_unless_the_user_sets_the_schedule(
     assert launch.main(["--num-clients", "10", "--run-config", _ok(
         tiny_model, toy_data, tmp_path, output_dir=tmp_path / "b", num_server_rounds=3)]) == 0
     assert "client-selection" not in seen[1]  # a schedule key set: the user's schedule
+    assert launch.main(["--num-clients", "10", "--run-config", _ok(
+        tiny_model, toy_data, tmp_path, output_dir=tmp_path / "c", partitioner="dirichlet")]) == 0
+    assert "client-selection" not in seen[2]  # label skew: every client every round

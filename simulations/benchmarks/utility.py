@@ -127,10 +127,14 @@ def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.quick and arm == "federated":
             clients = min(clients, QUICK_CLIENTS)
         overrides = {**common, **data[kind], **extra, **row}
-        if arm == "federated":  # the main job's turns: each client trains `rounds` times
+        if arm == "federated" and overrides.get("partitioner") == "iid":
+            # the main job's turns: each client trains `rounds` times, every one that takes a
+            # turn must reply
             schedule = turn_taking(clients, MIN_CLIENTS, overrides["num-server-rounds"])
-            overrides |= schedule  # every client that takes a turn must reply
+            overrides |= schedule
             overrides["min-clients"] = int(clients * schedule["fraction-train"])
+        elif arm == "federated":  # label skew: every client every round (turns swing the model)
+            overrides["min-clients"] = clients
         planned.append({"name": name, "arm": arm, "clients": clients, "data": kind,
                         "target": target_text(name), "overrides": overrides})
     return planned
