@@ -194,7 +194,8 @@ class RunConfig:
         "which clients train each round: `random` (Flower's sampling) or `cyclic` (the connected "
         "nodes in id order, `fraction-train` of them per round, each round continuing where the "
         "last stopped, so every client gets the same number of turns; set `planned-rounds` to "
-        "that number)",
+        "that number; for clients whose data look alike: label-skewed clients in turns swing "
+        "the model)",
         choices=CLIENT_SELECTIONS)
     fraction_evaluate: float = setting(
         0.0,
