@@ -12,6 +12,7 @@ import math
 
 from fedtune.config import ConfigError, RunConfig
 from fedtune.privacy.accounting import epsilon
+from fedtune.privacy.client_level import sampled_per_round
 from fedtune.privacy.noise_search import (
     gdp_guess,
     search_after,
@@ -76,7 +77,7 @@ def cyclic_turns(cfg: RunConfig, num_clients: int) -> int:
     """Rounds each client trains in under ``client-selection = cyclic``: the cycle hands out
     max(int(N * fraction-train), min-clients) turns a round over N clients (some clients get one
     turn more when that does not divide evenly)."""
-    per_round = min(num_clients, max(int(num_clients * cfg.fraction_train), cfg.min_clients))
+    per_round = sampled_per_round(cfg, num_clients)
     return math.ceil(cfg.num_server_rounds * per_round / max(num_clients, 1))
 
 
