@@ -35,6 +35,7 @@ from fedtune.privacy.calibration import (
     sample_rate,
     steps_per_round,
 )
+from fedtune.privacy.fused_clipping import make_private_fused, resolve_grad_sample_mode
 from fedtune.protocol import PrivacyState
 from fedtune.tasks.registry import task_for
 
@@ -308,25 +309,24 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     poisson = cfg.dp_enabled if poisson is None else poisson or cfg.dp_enabled
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=not poisson,
                         collate_fn=task.collator(pad_token_id), generator=generator)
-    engine = criterion = None
+    engine = criterion = close = None
     model.train()
     if cfg.dp_enabled:
         engine = PrivacyEngine(accountant=cfg.accountant)
         engine.accountant.history = list(state.history)
-        private = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=state.noise_multiplier,
-            max_grad_norm=cfg.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=_noise_generator(params, seed, cfg.reproducible_noise),
-            grad_sample_mode=cfg.grad_sample_mode,
-        )
-        if cfg.grad_sample_mode == "ghost":
-            model, optimizer, criterion, loader = private
+        mode = resolve_grad_sample_mode(cfg.grad_sample_mode, model)
+        private = dict(optimizer=optimizer, data_loader=loader,
+                       noise_multiplier=state.noise_multiplier, max_grad_norm=cfg.max_grad_norm,
+                       noise_generator=_noise_generator(params, seed, cfg.reproducible_noise))
+        if mode == "fused":
+            model, optimizer, loader, close = make_private_fused(engine, module=model, **private)
+        elif mode == "ghost":
+            model, optimizer, criterion, loader = engine.make_private(
+                module=model, poisson_sampling=True, grad_sample_mode=mode, **private)
         else:
-            model, optimizer, loader = private
+            model, optimizer, loader = engine.make_private(
+                module=model, poisson_sampling=True, grad_sample_mode=mode, **private)
+        close = close or model._close  # drop Opacus hooks; the PEFT model lives on without them
         if skip_noise:
             _break_noise(optimizer)
         q = sample_rate(n, batch_size)
@@ -359,7 +359,7 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     finally:
         if engine is not None:
             state.history = merge_history(engine.accountant.history)
-            model._close()  # drop Opacus hooks; the PEFT model lives on without them
+            close()
     moments = save_moments(optimizer, model) if cfg.optimizer_state == "keep" else None
     return LocalResult(
         train_loss=sum(losses) / max(len(losses), 1), steps=steps, num_examples=n,

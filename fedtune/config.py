@@ -33,7 +33,7 @@ CLIENT_DP_SIDES = ("server", "client")
 SECURE_AGGREGATIONS = ("off", "secagg+")
 ACCOUNTANTS = ("prv", "rdp")
 LR_SCHEDULES = ("constant", "linear")
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+GRAD_SAMPLE_MODES = ("auto", "fused", "hooks", "functorch", "ghost")
 DEVICES = ("auto", "cpu", "cuda")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 CLIENT_DATA = ("partition", "local")
@@ -259,10 +259,12 @@ class RunConfig:
     max_grad_norm: float = setting(1.0, "per-sample gradient clipping norm C",
                                    min=0, min_open=True)
     grad_sample_mode: str = setting(
-        "hooks",
-        "how Opacus computes per-sample gradients: `hooks`, `functorch`, or `ghost` (ghost "
-        "clipping: norms only, two backward passes; pays off for large layers or on a GPU; "
-        "`seq-cls` only)",
+        "auto",
+        "how per-sample gradients are clipped: `auto` (`fused` when every trainable tensor is in "
+        "a Linear layer, as with LoRA and linear heads, else `hooks`), `fused` (fedtune's: per "
+        "layer either materialised per-sample gradients or ghost norms, whichever costs less; "
+        "no summed weight gradient), or Opacus's `hooks`, `functorch`, `ghost` (ghost "
+        "clipping: norms only, two backward passes; `seq-cls` only)",
         choices=GRAD_SAMPLE_MODES)
     accountant: str = setting("prv", "privacy accountant, `prv` or `rdp` (Opacus)",
                               choices=ACCOUNTANTS)

@@ -11,7 +11,7 @@
 # every row, so a step cut short still leaves its finished rows, marked incomplete on the page):
 #   MiniLM throughput      <= 120 s: full SST-2, no-DP and the DP modes, 128 steps, 1 repeat
 #   random models          <=  60 s: BERT-large shape (335M) and Qwen2.5-0.5B shape as a Llama
-#   BERT-large throughput  <= 120 s: no-DP and DP (hooks), 64 steps of batch 256
+#   BERT-large throughput  <= 120 s: no-DP and DP (fused, hooks), 64 steps of batch 256
 #   causal-LM tokens/s     <= 150 s: one client's round of 8,192 rows, no DP, then DP
 #   page                   <=  20 s
 # The random models are built here (speed needs no trained weights, and nothing is downloaded).
@@ -83,7 +83,7 @@ step "${limits[1]}" "random models" sh -c \
    python -m simulations.random_models llama-0.5b '$models/llama-0.5b' ${check[*]:-}"
 step "${limits[2]}" "throughput: BERT-large shape" \
   python -m simulations.bench throughput --device "$device" --out "$out" \
-  --name throughput-bert-large --modes no-dp,dp-hooks \
+  --name throughput-bert-large --modes no-dp,dp-fused,dp-hooks \
   --run-config "$rc model='$models/bert-large'" "${large_args[@]}"
 for dp in off on; do
   name=nodp

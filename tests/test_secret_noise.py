@@ -136,7 +136,7 @@ def test_the_noise_secret_is_64_hex_characters_written_whole(tmp_path, monkeypat
 
 # --- item 13: an empty Poisson batch still adds noise -------------------------------------------
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "fused"])
 def test_an_empty_poisson_batch_takes_a_noise_only_step(setup, monkeypatch, mode):
     """Every batch empty: each step still noises every trainable tensor and is accounted once."""
     cfg, rows, pad = setup

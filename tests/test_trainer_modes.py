@@ -36,14 +36,14 @@ def _train(cfg, rows, pad, **kw):
     return before, adapter_state(model), result, state
 
 
-def test_functorch_and_ghost_take_the_same_dp_steps_as_hooks(setup):
-    """Same batches, clipping and noise: the three ways to get per-sample norms agree (the same
+def test_every_grad_sample_mode_takes_the_same_dp_steps_as_hooks(setup):
+    """Same batches, clipping and noise: the four ways to get per-sample norms agree (the same
     noise needs ``reproducible-noise``; by default it is secret, drawn afresh every run)."""
     cfg, rows, pad = setup
-    cfg = dataclasses.replace(cfg, reproducible_noise=True)
+    cfg = dataclasses.replace(cfg, reproducible_noise=True, grad_sample_mode="hooks")
     before, hooks, ref, ref_state = _train(cfg, rows, pad)
     assert any(not torch.equal(before[k], hooks[k]) for k in hooks), "DP step changed nothing"
-    for mode in ("functorch", "ghost"):
+    for mode in ("auto", "fused", "functorch", "ghost"):
         _, weights, result, state = _train(dataclasses.replace(cfg, grad_sample_mode=mode),
                                            rows, pad)
         assert result.samples == ref.samples and state.history == ref_state.history
