@@ -17,6 +17,7 @@ from fedtune.arrays import to_tensors
 from fedtune.audit.run_audit import audit_run, summary
 from fedtune.config import ConfigError, from_run_config
 from fedtune.console import quiet_libraries, run_summary
+from fedtune.deploy.object_pulls import shorten_object_pulls
 from fedtune.model.adapter import load_adapter_state
 from fedtune.outputs.run_folder import RunFolder
 from server.prepare import PreparedRun, prepare_run
@@ -29,6 +30,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     quiet_libraries()
+    shorten_object_pulls()  # a reply's objects are pulled as they arrive (real hosts)
     cfg = from_run_config(context.run_config)
     run = prepare_run(grid, cfg)
     try:

@@ -197,3 +197,23 @@ def test_the_supernode_declares_a_10_s_heartbeat_the_superlink_accepts(monkeypat
     assert fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL == 10
     assert heartbeat.HEARTBEAT_DEFAULT_INTERVAL == 10
     assert supernode_main.DEFAULT_HEARTBEAT_S >= HEARTBEAT_MIN_INTERVAL
+
+
+def test_object_pulls_retry_fast_but_wait_as_long_as_flowers(monkeypatch):
+    """A ClientApp (and the SuperNode) retries an object that has not arrived after 0.05 s, not
+    Flower's 1 s then 2 s; the longest wait stays Flower's max_time, not fewer tries' worth."""
+    from flwr.supercore.constant import PULL_INITIAL_BACKOFF
+    from flwr.supercore.inflatable import inflatable_utils
+
+    from fedtune.deploy.object_pulls import shorten_object_pulls
+
+    assert PULL_INITIAL_BACKOFF == 1  # Flower's, what this overrides
+    for fn in (inflatable_utils.pull_objects,
+               inflatable_utils.pull_and_inflate_object_from_tree):
+        monkeypatch.setattr(fn, "__kwdefaults__", dict(fn.__kwdefaults__))
+    shorten_object_pulls()
+    for fn in (inflatable_utils.pull_objects,
+               inflatable_utils.pull_and_inflate_object_from_tree):
+        kw = fn.__kwdefaults__
+        assert kw["initial_backoff"] == 0.05 and kw["backoff_cap"] == 0.5
+        assert kw["max_tries_per_object"] * kw["backoff_cap"] >= kw["max_time"] == 7200

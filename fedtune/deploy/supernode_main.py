@@ -9,8 +9,9 @@ sleep cut to ``FEDTUNE_SUPERNODE_POLL_S`` (default 0.5 s) and the reply waits to
 everything else is Flower's. It also declares a 10 s heartbeat (``FEDTUNE_SUPERNODE_HEARTBEAT_S``;
 Flower's fixed 30 s is also the SuperLink's only clue that a host died, and with its patience of
 two missed beats a crashed host held its round for up to a minute; 10 s is the SuperLink's
-minimum). A work-around, not a fork: when Flower makes the intervals settings, use them and drop
-this module.
+minimum). And it retries an object that has not arrived yet sooner (``object_pulls.py``). A
+work-around, not a fork: when Flower makes the intervals settings, use them and drop this
+module.
 """
 
 from __future__ import annotations
@@ -54,8 +55,11 @@ def main() -> None:
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli import flower_supernode
 
+    from fedtune.deploy.object_pulls import shorten_object_pulls
+
     start_client_internal.time = _ShortIdle(float(os.environ.get(POLL_ENV, DEFAULT_POLL_S)))
     shorten_heartbeat(float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S)))
+    shorten_object_pulls()
     sys.argv[0] = "flower-supernode"
     flower_supernode()
 

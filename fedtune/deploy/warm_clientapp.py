@@ -58,6 +58,9 @@ def _run_child(runtime_api_address: str, token: str, parent: int) -> None:
     try:
         from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+        from fedtune.deploy.object_pulls import shorten_object_pulls
+
+        shorten_object_pulls()  # the message's objects reach the SuperNode just after its task
         run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=True,
                       parent_pid=parent, runtime_dependency_install=False)
         code = 0
