@@ -89,18 +89,19 @@ class _Layer:
     def record(self, x: torch.Tensor, grad_out: torch.Tensor) -> None:
         n = x.shape[0]
         # Opacus's convention for loss_reduction = "mean": the loss is the batch mean, so a
-        # row's own gradient is n times its share of the batch gradient.
+        # row's own gradient is n times its share of the batch gradient. The factor is applied
+        # to the small results, not to the (n, T, out) output gradient.
         a = x.detach().reshape(n, -1, x.shape[-1]).float()
-        g = grad_out.detach().reshape(n, -1, grad_out.shape[-1]).float() * n
+        g = grad_out.detach().reshape(n, -1, grad_out.shape[-1]).float()
         if self.module.bias is not None and self.module.bias.requires_grad:
-            b = g.sum(dim=1)
+            b = g.sum(dim=1).mul_(n)
             self.bias_rows = b if self.bias_rows is None else self.bias_rows + b
         if not self.module.weight.requires_grad:
             return
         if choose(a.shape[1], a.shape[2], g.shape[2]) == "ghost":
-            self.pairs.append((a, g))
+            self.pairs.append((a, g * n))
             return
-        rows = torch.bmm(g.transpose(1, 2), a)
+        rows = torch.bmm(g.transpose(1, 2), a).mul_(n)
         self.rows = rows if self.rows is None else self.rows + rows
 
 
