@@ -17,13 +17,13 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
-from fedtune.config import ConfigError
+from fedtune.config import ConfigError, from_run_config
 from fedtune.console import PROGRESS_ENV, VERBOSE_ENV, clean, run_summary, verbose_from_env
 from fedtune.launch.console_view import ConsoleView
 from fedtune.launch.flwr_cli import parse_run_config
 from fedtune.launch.preflight import preflight
 from fedtune.launch.simulation import run_simulation
-from fedtune.project import PROJECT_ROOT
+from fedtune.project import PROJECT_ROOT, project_defaults
 
 LOG_NAME = "run.log"
 TURNS = 2  # rounds each client trains in under the main job's schedule
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_run_config(args.run_config)
         schedule = {}
         if not any(k in overrides for k in SCHEDULE_KEYS):
-            cfg = preflight(overrides, PROJECT_ROOT).cfg
+            cfg = from_run_config(project_defaults(PROJECT_ROOT) | overrides)  # checked below
             if cfg.partitioner == "iid":  # label-skewed clients in turns swing the model
                 schedule = turn_taking(args.num_clients, cfg.min_clients)
                 overrides = {**schedule, **overrides}
