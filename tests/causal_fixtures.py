@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import torch
+
 from fedtune.data.prompts import ALPACA_HEADER, ALPACA_HEADER_INPUT
 from fedtune.data.toy import FILLER, NEGATIVE, POSITIVE, write_jsonl
 
@@ -65,7 +67,9 @@ def make_tiny_llama(folder: Path) -> Path:
                          max_position_embeddings=128, initializer_range=INIT_RANGE,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    with torch.random.fork_rng():  # the same weights in every test session
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
 
@@ -77,7 +81,9 @@ def make_tiny_gpt2(folder: Path) -> Path:
     config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
                         initializer_range=INIT_RANGE, bos_token_id=tok.bos_token_id,
                         eos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
 
 
