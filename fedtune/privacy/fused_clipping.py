@@ -129,8 +129,7 @@ def _forward(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
     module = layer.module
     if not torch.is_grad_enabled():  # evaluation: a plain Linear
         return F.linear(x, module.weight, module.bias)
-    bias = module.bias
-    return _RecordedLinear.apply(x, module.weight, bias, layer)
+    return _RecordedLinear.apply(x, module.weight, module.bias, layer)
 
 
 def choose(n_tokens: int, d_in: int, d_out: int) -> str:
