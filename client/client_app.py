@@ -27,6 +27,7 @@ from fedtune.console import quiet_libraries
 from fedtune.model.adapter import AdapterMismatchError, adapter_state, load_adapter_state
 from fedtune.model.lora_layout import lora_a_digest, travelling_keys
 from fedtune.privacy.budget import ClientBudget, HostPolicy, Release, client_key
+from fedtune.privacy.label_counts import count_release, label_counts, logit_offset
 from fedtune.privacy.ledger import Ledger
 from fedtune.protocol import (
     ARRAYS,
@@ -34,6 +35,7 @@ from fedtune.protocol import (
     DATASET_SIZE,
     DELTA,
     EPSILON,
+    LABEL_COUNTS,
     LABELS,
     LORA_A_SHA256,
     LORA_R,
@@ -72,7 +74,8 @@ def train(msg: Message, context: Context) -> Message:
     run_key = str(config.get(RUN_KEY, context.run_id))
     charge_id = f"{run_key}/round-{server_round}"
     seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
-    privacy = _privacy(cfg, context, config, pid, rows, labels, own_rows)
+    privacy = _privacy(cfg, context, config, pid, rows, labels, own_rows,
+                       releases=[] if LABEL_COUNTS in context.state else count_release(cfg))
     release = Release(msg.content[ARRAYS], config, seed, rank, rows_digest(rows))
     decision = privacy.admit(run_key, charge_id, release)
     if not decision.allowed:  # no update leaves the client; the reply says why
@@ -82,7 +85,8 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(msg, cfg, len(labels), "train", rank)
     broken = planned_fault(cfg.fault_injection, pid, server_round) == "no-noise"
     result = train_local(model, rows, pad_id, cfg, privacy.state, seed=seed,
-                         optimizer_state=_moments(context, cfg), skip_noise=broken)
+                         optimizer_state=_moments(context, cfg), skip_noise=broken,
+                         logit_offset=_logit_offset(cfg, context, rows, len(labels), seed))
     privacy.finish(result.steps)
     context.state[PRIVACY] = privacy.state.to_record()
     if result.optimizer_state:  # stays in this node's state; the reply carries the adapter only
@@ -128,7 +132,8 @@ def _data(msg: Message, context: Context, cfg: RunConfig, split: str = "train"):
 
 
 def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
-             rows, labels: tuple[str, ...] = (), own_rows=None) -> ClientBudget:
+             rows, labels: tuple[str, ...] = (), own_rows=None,
+             releases: list | None = None) -> ClientBudget:
     """This client's budget: its saved state (on a resumed run raised, never lowered, by the
     state the server checkpointed), its ledger on real hosts, and the host's own limits (node
     config ``max-epsilon``, ``max-delta``, ``require-dp``).
@@ -140,7 +145,8 @@ def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
     ledger = _ledger(cfg, context, own_rows, labels) if cfg.dp_enabled else None
     return ClientBudget.open(cfg, context.state.get(PRIVACY), len(rows), ledger,
                              key=client_key(cfg, context.node_config, context.node_id, pid),
-                             config=config, policy=HostPolicy.from_node_config(context.node_config))
+                             config=config, policy=HostPolicy.from_node_config(context.node_config),
+                             releases=releases)
 
 
 def _moments(context: Context, cfg: RunConfig) -> dict | None:
@@ -150,6 +156,21 @@ def _moments(context: Context, cfg: RunConfig) -> dict | None:
     if cfg.optimizer_state != "keep" or OPTIMIZER_STATE not in context.state:
         return None
     return to_tensors(context.state[OPTIMIZER_STATE])
+
+
+def _logit_offset(cfg: RunConfig, context: Context, rows, num_labels: int,
+                  seed: int) -> torch.Tensor | None:
+    """tau x log(label prior) for ``logit-adjustment``, from counts drawn once per run (noisy
+    under sample-level DP, admitted and charged with the round that draws them) and kept in
+    this node's state, never sent."""
+    if cfg.logit_adjustment <= 0 or cfg.task != "seq-cls":
+        return None
+    if LABEL_COUNTS in context.state:
+        counts = torch.tensor(context.state[LABEL_COUNTS]["counts"], dtype=torch.float64)
+    else:
+        counts = label_counts(rows.labels, num_labels, cfg, seed)
+        context.state[LABEL_COUNTS] = ConfigRecord({"counts": [float(c) for c in counts]})
+    return logit_offset(counts, cfg.logit_adjustment)
 
 
 def _model(msg: Message, cfg: RunConfig, num_labels: int, split: str, rank: int | None = None):

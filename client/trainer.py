@@ -158,19 +158,24 @@ def _fp32_grad_samples(model) -> None:
             p.grad_sample = sample.to(p.dtype)
 
 
-def _loss_fn(task, cfg: RunConfig, criterion):
-    """The task's loss, or under ghost clipping Opacus's criterion on the logits (it needs the
-    per-sample losses to run its two backward passes; classification only)."""
-    if criterion is None:
+def _loss_fn(task, cfg: RunConfig, criterion, offset: torch.Tensor | None = None):
+    """The task's loss; on the logits (classification) when they need Opacus's ghost-clipping
+    criterion (it runs two backward passes on the per-sample losses) or the logit adjustment's
+    ``offset`` (``tau * log prior``, added in training only)."""
+    if criterion is None and offset is None:
         return lambda model, chunk: task.loss(cfg, model, chunk)
+    criterion = criterion or torch.nn.functional.cross_entropy
 
-    def ghost(model, chunk):
+    def on_logits(model, chunk):
         with autocast(cfg, chunk["input_ids"].device):
             logits = model(input_ids=chunk["input_ids"],
                            attention_mask=chunk["attention_mask"]).logits
-        return criterion(logits.float(), chunk["labels"])
+        logits = logits.float()
+        if offset is not None:
+            logits = logits + offset.to(logits.device)
+        return criterion(logits, chunk["labels"])
 
-    return ghost
+    return on_logits
 
 
 def _step_in_chunks(model, optimizer, batch, rows: int, dp: bool, loss_fn) -> float:
@@ -280,7 +285,8 @@ def _noise_only_step(optimizer, params) -> None:
 def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
                 state: PrivacyState, seed: int, *, poisson: bool | None = None,
                 optimizer_state: dict[str, torch.Tensor] | None = None,
-                skip_noise: bool = False) -> LocalResult:
+                skip_noise: bool = False,
+                logit_offset: torch.Tensor | None = None) -> LocalResult:
     """Train ``model`` in place for one round; under DP, ``state.history`` grows by its steps.
 
     ``dataset`` and the loss are the task's (``tasks/registry``); everything about privacy is
@@ -292,6 +298,8 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     Adam's first steps are about ``lr * sign(gradient)``, and under DP noise that sign is mostly
     noise (the notes on issue 14). ``skip_noise`` is the ``no-noise`` test fault: clipped but
     unnoised steps, accounted as if noised (a broken DP-SGD for the privacy audit to catch).
+    ``logit_offset`` (``logit-adjustment``: tau x log of the client's noisy label prior) is
+    added to the logits in the loss, never at prediction.
     """
     task = task_for(cfg)
     n = len(dataset)
@@ -334,7 +342,7 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     elif poisson:  # Opacus's own Poisson sampler, from the loader's seeded generator
         loader = DPDataLoader.from_data_loader(loader)
     losses, samples = [], 0
-    loss_fn = _loss_fn(task, cfg, criterion)
+    loss_fn = _loss_fn(task, cfg, criterion, logit_offset)
     schedule = _lr_schedule(optimizer, cfg, done=state.rounds_trained * steps,
                             total=planned_rounds(cfg) * steps)
     try:

@@ -35,7 +35,7 @@ def _plan(args: argparse.Namespace) -> int:
                   local_epochs=args.local_epochs, rounds=args.rounds,
                   target_epsilon=args.target_epsilon, delta=args.delta,
                   accountant=args.accountant, num_clients=args.num_clients,
-                  trainable_params=trainable)
+                  trainable_params=trainable, label_count_noise=args.label_count_noise)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DP delta; must be below 1/num-examples")
     p.add_argument("--accountant", choices=["prv", "rdp"], default="prv",
                    help="Opacus privacy accountant")
+    p.add_argument("--label-count-noise", type=float, default=0.0,
+                   help="the run's label-count-noise when it sets logit-adjustment > 0 (its "
+                        "noisy label counts are composed in); 0 = no logit adjustment")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     snr = p.add_argument_group(
         "signal-to-noise", _para(

@@ -241,6 +241,15 @@ class RunConfig:
         "a fresh AdamW every round",
         choices=OPTIMIZER_STATES)
 
+    logit_adjustment: float = setting(
+        0.0,
+        "tau of the logit-adjusted loss (`seq-cls`): each client trains on logits + tau x "
+        "log(its label prior), from its own label counts under Gaussian noise "
+        "(`label-count-noise`, accounted in its epsilon), so that rare labels and, under label "
+        "skew, the labels a client lacks are not pushed out; the model then predicts as if the "
+        "labels were balanced. 0 = off. See [Accuracy under DP](../README.md#accuracy-under-dp)",
+        min=0)
+
     # --- privacy ---
     dp: str = setting(
         "sample",
@@ -266,6 +275,13 @@ class RunConfig:
         "no summed weight gradient), or Opacus's `hooks`, `functorch`, `ghost` (ghost "
         "clipping: norms only, two backward passes; `seq-cls` only)",
         choices=GRAD_SAMPLE_MODES)
+    label_count_noise: float = setting(
+        3.0,
+        "std of the Gaussian noise on each label count a client draws once per run for "
+        "`logit-adjustment` under `dp = sample | both` (one row changes one count by 1, so this "
+        "is the mechanism's noise multiplier; composed into the client's epsilon: 3 costs about "
+        "1% more DP-SGD noise at epsilon 8)",
+        min=0, min_open=True)
     accountant: str = setting("prv", "privacy accountant, `prv` or `rdp` (Opacus)",
                               choices=ACCOUNTANTS)
     planned_rounds: int = setting(

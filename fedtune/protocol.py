@@ -25,8 +25,10 @@ CONFIG = "config"  # the round's settings (server -> client)
 METRICS = "metrics"  # the reply's numbers (client -> server)
 PRIVACY = "privacy"  # the client's privacy state, PrivacyState.to_record (client -> server)
 REFUSAL = "refusal"  # a privacy-budget refusal: {"reason"}, sent instead of arrays
-# Client-local only (``context.state``), never in a message: the AdamW moments kept across rounds.
+# Client-local only (``context.state``), never in a message: the AdamW moments kept across rounds,
+# and the (noisy) label counts of ``logit-adjustment``, drawn once per run.
 OPTIMIZER_STATE = "optimizer-state"
+LABEL_COUNTS = "label-counts"
 
 # --- the round's config (server -> client) ---------------------------------------------------
 SERVER_ROUND = "server-round"  # set by Flower's strategies

@@ -125,7 +125,8 @@ def _released_lines(report: dict[str, Any], client_evaluate: bool | None) -> lis
                   None: "released only with `client-evaluate = true`, **without DP**"}
     return [
         "", "## What each client released", "",
-        "Epsilon covers the adapter updates only. Everything else a client sends is listed here.",
+        "Epsilon covers the adapter updates (and the label counts they were trained with, "
+        "under `logit-adjustment`). Everything else a client sends is listed here.",
         "",
         f"- the adapter update (LoRA weights, and the head for seq-cls): {adapter}",
         "- `num-examples`, `dataset-size`, `sample-rate` (q = batch size / n): public by design; "
@@ -139,6 +140,8 @@ def _released_lines(report: dict[str, Any], client_evaluate: bool | None) -> lis
         f"- `train-loss`: {loss}",
         "- the optimiser's moments (`optimizer-state = keep`): never sent; they stay on the "
         "client between its rounds",
+        "- the label counts of `logit-adjustment`: never sent; under sample-level DP drawn once "
+        "with Gaussian noise and charged in epsilon (the accountant history's step at q = 1)",
         "- client evaluation metrics (loss, accuracy / macro-F1 or perplexity, and the number "
         f"of held-out rows) on the client's private held-out rows: "
         f"{evaluation[client_evaluate]}",

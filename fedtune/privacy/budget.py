@@ -43,7 +43,7 @@ from fedtune.privacy.calibration import (
     steps_per_round,
 )
 from fedtune.privacy.ledger import Ledger
-from fedtune.protocol import RESUME_PRIVACY, SERVER_ROUND, PrivacyState
+from fedtune.protocol import RESUME_PRIVACY, SERVER_ROUND, History, PrivacyState
 
 TOLERANCE = 1e-9
 
@@ -212,8 +212,11 @@ class ClientBudget:
 
     def __init__(self, cfg: RunConfig, state: PrivacyState, num_examples: int,
                  ledger: Ledger | None = None, cap: float | None = None,
-                 policy: HostPolicy | None = None):
+                 policy: HostPolicy | None = None, releases: History | None = None):
         self.cfg, self.state, self.n, self.ledger = cfg, state, num_examples, ledger
+        # mechanisms this round runs once before its DP-SGD steps (the noisy label counts of
+        # ``logit-adjustment``): planned, decided and charged with the round
+        self.releases: History = list(releases or [])
         self.policy = policy or HostPolicy(max_epsilon=cap)
         cap = self.policy.max_epsilon
         self.budget = min(cfg.target_epsilon, cap) if cap else cfg.target_epsilon
@@ -225,7 +228,7 @@ class ClientBudget:
     def open(cls, cfg: RunConfig, saved: Mapping[str, Any] | None, num_examples: int,
              ledger: Ledger | None = None, cap: float | None = None, *, key: str = "",
              config: Mapping[str, Any] | None = None,
-             policy: HostPolicy | None = None) -> ClientBudget:
+             policy: HostPolicy | None = None, releases: History | None = None) -> ClientBudget:
         """The client's budget as it last saved it (``context.state``), or a fresh one; on a
         resumed run raised by the state the server sent back under ``key`` (``config`` is the
         round's config). A client that cannot know what it spent (a resumed run, or on a real
@@ -241,7 +244,7 @@ class ClientBudget:
         if (cfg.dp_enabled and ledger is None and own is None and claimed is None
                 and (resumed or later)):
             state.history_lost = True
-        return cls(cfg, state, num_examples, ledger, cap, policy)
+        return cls(cfg, state, num_examples, ledger, cap, policy, releases)
 
     def _spent(self) -> float:
         return epsilon(self.state.history, self.cfg.delta, self.cfg.accountant)
@@ -271,6 +274,8 @@ class ClientBudget:
             self.decision = self.decide(charge_id)
             if not self.decision.allowed:
                 self.refuse(charge_id, self.decision)
+            elif self.releases:  # counted now: the trainer appends its steps after them
+                self.state.history = merge_history([*self.state.history, *self.releases])
             return self.decision
         update = self.update_digest(release) if release is not None else ""
         with self.ledger.locked():
@@ -318,7 +323,7 @@ class ClientBudget:
         if self.state.noise_multiplier > 0 or self.state.exhausted:
             return
         check_delta(self.cfg.delta, self.n)
-        prior = list(self.state.history)
+        prior = [*self.state.history, *self.releases]
         self.state.sample_rate = self.q
         sigma = calibrate(self.cfg, self.n, prior=prior, budget=self.budget)
         if sigma is not None and self.ledger is not None:
@@ -371,7 +376,8 @@ class ClientBudget:
             return RoundDecision(False, steps, spent, spent, (
                 f"privacy budget exhausted: spent epsilon {spent:.3f} of {self.budget:g} "
                 "before this run; no noise level fits another round"), update=update)
-        after = epsilon([*self.state.history, (self.state.noise_multiplier, self.q, steps)],
+        after = epsilon([*self.state.history, *self.releases,
+                         (self.state.noise_multiplier, self.q, steps)],
                         self.cfg.delta, self.cfg.accountant)
         if after > self.budget + TOLERANCE:
             spent = before()
@@ -384,6 +390,9 @@ class ClientBudget:
     def charge(self, charge_id: str, decision: RoundDecision) -> None:
         """Durably record the spend before any training or release (no-op without a ledger)."""
         if self.ledger is not None:
+            for i, (sigma, q, steps) in enumerate(self.releases):  # the round's epsilon_after
+                self.ledger.charge(f"{charge_id}/release-{i}", sigma, q, steps,
+                                   decision.epsilon_after, self.cfg.delta, decision.update)
             self.ledger.charge(charge_id, self.state.noise_multiplier, self.q, decision.steps,
                                decision.epsilon_after, self.cfg.delta, decision.update)
 

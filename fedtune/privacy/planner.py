@@ -10,6 +10,7 @@ from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.calibration import (
     auto_batch_size,
     noise_multiplier,
+    noise_multiplier_after,
     sample_rate,
     steps_per_epoch,
     steps_per_round,
@@ -22,9 +23,11 @@ BATCH_SIZES = tuple(16 * 2**i for i in range(7))  # 16 ... 1024
 
 def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int,
          target_epsilon: float, delta: float, accountant: str = "prv", num_clients: int = 1,
-         trainable_params: int | None = None) -> dict[str, Any]:
+         trainable_params: int | None = None, label_count_noise: float = 0.0
+         ) -> dict[str, Any]:
     """Noise multiplier for the whole run and the cumulative epsilon after each round; with
     ``trainable_params`` also the predicted signal-to-noise of ``num_clients`` such clients.
+    ``label_count_noise`` > 0 composes the noisy label counts of ``logit-adjustment`` first.
 
     Infeasible requests raise :class:`ConfigError` with a feasible alternative.
     """
@@ -37,17 +40,26 @@ def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int
     _check_request(num_examples, target_epsilon, delta, num_clients, trainable_params)
     q = sample_rate(num_examples, batch_size)
     per_round = steps_per_round(num_examples, batch_size, local_epochs)
-    sigma = noise_multiplier(target_epsilon=target_epsilon, delta=delta,
-                             num_examples=num_examples, batch_size=batch_size,
-                             steps=rounds * per_round, accountant=accountant)
+    releases = [(label_count_noise, 1.0, 1)] if label_count_noise > 0 else []
+    if releases:
+        sigma = noise_multiplier_after(releases, target_epsilon=target_epsilon, delta=delta,
+                                       q=q, steps=rounds * per_round, accountant=accountant)
+        if sigma is None:
+            raise ConfigError(f"--label-count-noise {label_count_noise:g} alone spends the "
+                              f"whole --target-epsilon {target_epsilon:g}; raise the noise")
+    else:
+        sigma = noise_multiplier(target_epsilon=target_epsilon, delta=delta,
+                                 num_examples=num_examples, batch_size=batch_size,
+                                 steps=rounds * per_round, accountant=accountant)
     with shared_rdp_terms():  # every round's epsilon has the same (sigma, q): one RDP series
-        per_round_eps = [epsilon([(sigma, q, r * per_round)], delta, accountant)
+        per_round_eps = [epsilon([*releases, (sigma, q, r * per_round)], delta, accountant)
                          for r in range(1, rounds + 1)]
     result = {
         "num_examples": num_examples, "batch_size": batch_size, "local_epochs": local_epochs,
         "rounds": rounds, "target_epsilon": target_epsilon, "delta": delta,
         "accountant": accountant, "noise_multiplier": sigma, "sample_rate": q,
         "steps_per_round": per_round, "steps": rounds * per_round,
+        "label_count_noise": label_count_noise,
         "epsilon": per_round_eps[-1], "epsilon_per_round": per_round_eps,
     }
     if trainable_params is not None:

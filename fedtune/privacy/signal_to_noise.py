@@ -137,13 +137,15 @@ def server_check(cfg: RunConfig, partitions: list[dict], num_clients: int,
         planned_steps,
         sample_rate,
     )
+    from fedtune.privacy.label_counts import count_release
 
     n = min(sizes)
     try:
         # RDP, not the run's accountant: a prediction needs sigma to a few percent, and PRV's
         # search took minutes inside the simulated ServerApp (seconds on its own); RDP is
         # closed-form. The clients calibrate their real noise with the run's accountant.
-        sigma = calibrate(dataclasses.replace(cfg, accountant="rdp"), n)
+        sigma = calibrate(dataclasses.replace(cfg, accountant="rdp"), n,
+                          prior=count_release(cfg))
     except ConfigError as exc:
         return WARNING, f"signal-to-noise check skipped: {exc}"
     batch = n * sample_rate(n, batch_size_for(cfg, n))

@@ -42,6 +42,7 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
     from fedtune.privacy.accounting import epsilon
     from fedtune.privacy.budget import ClientBudget
     from fedtune.privacy.calibration import batch_size_for
+    from fedtune.privacy.label_counts import count_release, label_counts, logit_offset
     from fedtune.protocol import PrivacyState
     from fedtune.tasks.evaluation import evaluate
     from fedtune.tasks.registry import task_for
@@ -56,8 +57,14 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
     pad = tokenizer.pad_token_id
     model = task_for(cfg).seeded_model(cfg, splits.num_labels)
     state = PrivacyState()
+    releases = count_release(cfg)  # logit-adjustment's noisy label counts, as a client draws
     if cfg.dp_enabled:
-        ClientBudget(cfg, state, len(rows)).start("central")
+        ClientBudget(cfg, state, len(rows), releases=releases).start("central")
+        state.history = [*releases]
+    offset = None
+    if cfg.logit_adjustment > 0:
+        offset = logit_offset(label_counts(rows.labels, splits.num_labels, cfg, cfg.seed),
+                              cfg.logit_adjustment)
 
     def score() -> dict[str, float]:
         return evaluate(model, eval_set, pad, cfg.eval_batch_size, splits.num_labels)
@@ -68,7 +75,8 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
     for server_round in range(1, cfg.num_server_rounds + 1):
         started = time.perf_counter()
         result = train_local(model, rows, pad, cfg, state,
-                             seed=cfg.seed * 1_000_003 + server_round, optimizer_state=moments)
+                             seed=cfg.seed * 1_000_003 + server_round, optimizer_state=moments,
+                             logit_offset=offset)
         moments = result.optimizer_state
         took = time.perf_counter() - started
         train_s += took
