@@ -35,7 +35,7 @@ def _plan(args: argparse.Namespace) -> int:
                   local_epochs=args.local_epochs, rounds=args.rounds,
                   target_epsilon=args.target_epsilon, delta=args.delta,
                   accountant=args.accountant, num_clients=args.num_clients,
-                  trainable_params=trainable, label_count_noise=args.label_count_noise)
+                  trainable_params=trainable, label_count_noise=_count_noise(args))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -48,6 +48,20 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"{i:>5}  {eps:.4f}")
     _print_snr(result)
     return 0
+
+
+def _count_noise(args: argparse.Namespace) -> float:
+    from fedtune.privacy.label_counts import auto_count_noise
+
+    if args.label_count_noise == "auto":
+        return auto_count_noise(args.target_epsilon)
+    if args.label_count_noise == "off":
+        return 0.0
+    try:
+        return float(args.label_count_noise)
+    except ValueError:
+        raise ConfigError(f"--label-count-noise {args.label_count_noise!r}: a number, 'auto' "
+                          "or 'off'") from None
 
 
 def _print_snr(result: dict) -> None:
@@ -264,9 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DP delta; must be below 1/num-examples")
     p.add_argument("--accountant", choices=["prv", "rdp"], default="prv",
                    help="Opacus privacy accountant")
-    p.add_argument("--label-count-noise", type=float, default=0.0,
-                   help="the run's label-count-noise when it sets logit-adjustment > 0 (its "
-                        "noisy label counts are composed in); 0 = no logit adjustment")
+    p.add_argument("--label-count-noise", default="auto",
+                   help="the run's label-count-noise: its noisy label counts (logit-adjustment "
+                        "> 0, the default) are composed in; 'auto' as a run's 0 does, 'off' for "
+                        "a run with logit-adjustment = 0 or without labels")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     snr = p.add_argument_group(
         "signal-to-noise", _para(

@@ -242,7 +242,7 @@ class RunConfig:
         choices=OPTIMIZER_STATES)
 
     logit_adjustment: float = setting(
-        0.0,
+        2.0,
         "tau of the logit-adjusted loss (`seq-cls`): each client trains on logits + tau x "
         "log(its label prior), from its own label counts under Gaussian noise "
         "(`label-count-noise`, accounted in its epsilon), so that rare labels and, under label "
@@ -276,12 +276,12 @@ class RunConfig:
         "clipping: norms only, two backward passes; `seq-cls` only)",
         choices=GRAD_SAMPLE_MODES)
     label_count_noise: float = setting(
-        3.0,
+        0.0,
         "std of the Gaussian noise on each label count a client draws once per run for "
         "`logit-adjustment` under `dp = sample | both` (one row changes one count by 1, so this "
-        "is the mechanism's noise multiplier; composed into the client's epsilon: 3 costs about "
-        "1% more DP-SGD noise at epsilon 8)",
-        min=0, min_open=True)
+        "is the mechanism's noise multiplier, composed into the client's epsilon); 0 = auto: "
+        "3 x max(1, 8 / `target-epsilon`), which costs about 1% more DP-SGD noise at any budget",
+        min=0, note=" (0 = auto)")
     accountant: str = setting("prv", "privacy accountant, `prv` or `rdp` (Opacus)",
                               choices=ACCOUNTANTS)
     planned_rounds: int = setting(

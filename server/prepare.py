@@ -24,6 +24,7 @@ from fedtune.model.build import load_tokenizer
 from fedtune.outputs.run_folder import RunFolder
 from fedtune.privacy.calibration import check_delta, turns_warning
 from fedtune.privacy.fused_clipping import resolve_grad_sample_mode
+from fedtune.privacy.label_counts import check_count_release
 from fedtune.privacy.signal_to_noise import server_check, trainable_count
 from fedtune.protocol import LABELS, RESUME_PRIVACY, RUN_KEY
 from fedtune.tasks.registry import Task, task_for
@@ -77,6 +78,7 @@ def prepare_run(grid: Grid, cfg: RunConfig) -> PreparedRun:
         log(snr[0], "%s", snr[1])  # will DP-SGD's noise drown the run? said before round 1
     if turns := turns_warning(cfg, num_clients):
         log(WARNING, "%s", turns)
+    check_count_release(cfg)  # noisy label counts that alone spend the budget fail here
     if cfg.dp_enabled:  # an explicit 'fused' the model cannot take fails here, before round 1
         log(INFO, "per-sample clipping: %s",
             resolve_grad_sample_mode(cfg.grad_sample_mode, model))

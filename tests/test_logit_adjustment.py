@@ -15,12 +15,17 @@ from test_client_modes import context, run_config
 from client import client_app
 from client.trainer import _loss_fn
 from fedtune.arrays import to_record
-from fedtune.config import from_run_config
+from fedtune.config import ConfigError, from_run_config
 from fedtune.data.loading import load_splits
 from fedtune.model.adapter import adapter_state
 from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.budget import ClientBudget
-from fedtune.privacy.label_counts import count_release, label_counts, logit_offset
+from fedtune.privacy.label_counts import (
+    check_count_release,
+    count_release,
+    label_counts,
+    logit_offset,
+)
 from fedtune.protocol import ARRAYS, LABEL_COUNTS, PRIVACY, REFUSAL, PrivacyState
 from fedtune.tasks.registry import task_for
 from strategies.registry import build_strategy
@@ -137,3 +142,18 @@ def test_the_offset_enters_the_training_loss_only(base_config):
     assert plain == pytest.approx(float(torch.nn.functional.cross_entropy(logits,
                                                                           batch["labels"])))
     assert abs(float(adjusted) - float(plain)) > 1e-3
+
+
+def test_automatic_count_noise_keeps_the_counts_share_of_any_budget(base_config):
+    """label-count-noise = 0 (auto): 3 at epsilon 8, larger for smaller budgets, so the default
+    run also fits epsilon 1; a noise that alone spends the budget is named before round 1."""
+    auto = {k: v for k, v in _overrides(base_config).items() if k != "label-count-noise"}
+    for target in (8.0, 1.0, 0.5):
+        cfg = from_run_config({**auto, "target-epsilon": target})
+        ((sigma, q, steps),) = count_release(cfg)
+        assert sigma == pytest.approx(3.0 * max(1.0, 8.0 / target)) and (q, steps) == (1.0, 1)
+        assert epsilon(count_release(cfg), cfg.delta, cfg.accountant) < 0.6 * target
+        check_count_release(cfg)
+    tiny = from_run_config({**auto, "target-epsilon": 1.0, "label-count-noise": 1.0})
+    with pytest.raises(ConfigError, match="'label-count-noise' = 1.*logit-adjustment = 0"):
+        check_count_release(tiny)

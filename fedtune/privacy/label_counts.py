@@ -20,11 +20,41 @@ import secrets
 
 import torch
 
-from fedtune.config import RunConfig
+from fedtune.config import ConfigError, RunConfig
 from fedtune.protocol import History
 
 SENSITIVITY = 1.0  # one row added or removed moves one count by one
 MIN_COUNT = 1.0  # a noisy count is floored here before its log: no label is impossible
+# label-count-noise = 0 (auto): 3 at epsilon 8, scaled up for smaller budgets so that the counts
+# always take about the same share (at epsilon 8, noise 3 raises the DP-SGD noise by about 1%)
+AUTO_NOISE, AUTO_AT_EPSILON = 3.0, 8.0
+
+
+def count_noise(cfg: RunConfig) -> float:
+    """The std of the counts' noise: ``label-count-noise``, or its automatic value."""
+    if cfg.label_count_noise > 0:
+        return cfg.label_count_noise
+    return auto_count_noise(cfg.target_epsilon)
+
+
+def auto_count_noise(target_epsilon: float) -> float:
+    return AUTO_NOISE * max(1.0, AUTO_AT_EPSILON / target_epsilon)
+
+
+def check_count_release(cfg: RunConfig) -> None:
+    """Before round 1: counts whose noise alone would spend the budget are a setting error (the
+    clients would refuse every round), named before anything trains."""
+    release = count_release(cfg)
+    if not release:
+        return
+    from fedtune.privacy.accounting import epsilon  # Opacus: only when there is DP-SGD
+
+    spent = epsilon(release, cfg.delta, cfg.accountant)
+    if spent >= cfg.target_epsilon:
+        raise ConfigError(
+            f"run-config key 'label-count-noise' = {cfg.label_count_noise:g}: the noisy label "
+            f"counts of logit-adjustment alone would spend epsilon {spent:.3g} of the "
+            f"target {cfg.target_epsilon:g}; raise it (0 = auto) or set logit-adjustment = 0")
 
 
 def count_release(cfg: RunConfig) -> History:
@@ -33,7 +63,7 @@ def count_release(cfg: RunConfig) -> History:
     nothing. Without sample-level DP (``dp = off | client``) the exact counts are used: nothing
     to account (client-level DP clips the whole update, whatever computed it)."""
     if cfg.logit_adjustment > 0 and cfg.task == "seq-cls" and cfg.dp_enabled:
-        return [(cfg.label_count_noise / SENSITIVITY, 1.0, 1)]
+        return [(count_noise(cfg) / SENSITIVITY, 1.0, 1)]
     return []
 
 
@@ -54,7 +84,7 @@ def label_counts(labels: list[int], num_labels: int, cfg: RunConfig, seed: int) 
         noise_seed = secrets.randbits(63)
     generator = torch.Generator().manual_seed(noise_seed)
     noise = torch.randn(num_labels, generator=generator, dtype=torch.float64)
-    return counts + cfg.label_count_noise * noise
+    return counts + count_noise(cfg) * noise
 
 
 def logit_offset(counts: torch.Tensor, tau: float) -> torch.Tensor:

@@ -148,6 +148,10 @@ def server_check(cfg: RunConfig, partitions: list[dict], num_clients: int,
                           prior=count_release(cfg))
     except ConfigError as exc:
         return WARNING, f"signal-to-noise check skipped: {exc}"
+    if sigma is None:
+        return WARNING, ("signal-to-noise check skipped: the noisy label counts of "
+                         "logit-adjustment leave no budget for DP-SGD; raise label-count-noise "
+                         "(0 = auto) or set logit-adjustment = 0")
     batch = n * sample_rate(n, batch_size_for(cfg, n))
     steps = planned_steps(cfg, n)
     clients = max(1, round(cfg.fraction_train * num_clients))
