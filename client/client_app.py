@@ -74,8 +74,9 @@ def train(msg: Message, context: Context) -> Message:
     run_key = str(config.get(RUN_KEY, context.run_id))
     charge_id = f"{run_key}/round-{server_round}"
     seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
-    privacy = _privacy(cfg, context, config, pid, rows, labels, own_rows,
-                       releases=[] if LABEL_COUNTS in context.state else count_release(cfg))
+    privacy = _privacy(cfg, context, config, pid, rows, labels, own_rows)
+    kept = _kept_counts(context, privacy, run_key)
+    privacy.releases = [] if kept is not None else count_release(cfg)
     release = Release(msg.content[ARRAYS], config, seed, rank, rows_digest(rows))
     decision = privacy.admit(run_key, charge_id, release)
     if not decision.allowed:  # no update leaves the client; the reply says why
@@ -86,7 +87,8 @@ def train(msg: Message, context: Context) -> Message:
     broken = planned_fault(cfg.fault_injection, pid, server_round) == "no-noise"
     result = train_local(model, rows, pad_id, cfg, privacy.state, seed=seed,
                          optimizer_state=_moments(context, cfg), skip_noise=broken,
-                         logit_offset=_logit_offset(cfg, context, rows, len(labels), seed))
+                         logit_offset=_logit_offset(cfg, context, privacy, run_key, rows,
+                                                    len(labels), seed, kept))
     privacy.finish(result.steps)
     context.state[PRIVACY] = privacy.state.to_record()
     if result.optimizer_state:  # stays in this node's state; the reply carries the adapter only
@@ -132,8 +134,7 @@ def _data(msg: Message, context: Context, cfg: RunConfig, split: str = "train"):
 
 
 def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
-             rows, labels: tuple[str, ...] = (), own_rows=None,
-             releases: list | None = None) -> ClientBudget:
+             rows, labels: tuple[str, ...] = (), own_rows=None) -> ClientBudget:
     """This client's budget: its saved state (on a resumed run raised, never lowered, by the
     state the server checkpointed), its ledger on real hosts, and the host's own limits (node
     config ``max-epsilon``, ``max-delta``, ``require-dp``).
@@ -145,8 +146,7 @@ def _privacy(cfg: RunConfig, context: Context, config: ConfigRecord, pid: int,
     ledger = _ledger(cfg, context, own_rows, labels) if cfg.dp_enabled else None
     return ClientBudget.open(cfg, context.state.get(PRIVACY), len(rows), ledger,
                              key=client_key(cfg, context.node_config, context.node_id, pid),
-                             config=config, policy=HostPolicy.from_node_config(context.node_config),
-                             releases=releases)
+                             config=config, policy=HostPolicy.from_node_config(context.node_config))
 
 
 def _moments(context: Context, cfg: RunConfig) -> dict | None:
@@ -158,18 +158,28 @@ def _moments(context: Context, cfg: RunConfig) -> dict | None:
     return to_tensors(context.state[OPTIMIZER_STATE])
 
 
-def _logit_offset(cfg: RunConfig, context: Context, rows, num_labels: int,
-                  seed: int) -> torch.Tensor | None:
+def _kept_counts(context: Context, privacy: ClientBudget, run_key: str) -> list[float] | None:
+    """This run's label counts if this node drew them already: in its state, or (a restarted
+    host, a resumed run) in its ledger."""
+    if LABEL_COUNTS in context.state:
+        return list(context.state[LABEL_COUNTS]["counts"])
+    return privacy.ledger.kept_counts(run_key) if privacy.ledger is not None else None
+
+
+def _logit_offset(cfg: RunConfig, context: Context, privacy: ClientBudget, run_key: str, rows,
+                  num_labels: int, seed: int, kept: list[float] | None) -> torch.Tensor | None:
     """tau x log(label prior) for ``logit-adjustment``, from counts drawn once per run (noisy
     under sample-level DP, admitted and charged with the round that draws them) and kept in
-    this node's state, never sent."""
+    this node's state and its ledger, never sent."""
     if cfg.logit_adjustment <= 0 or cfg.task != "seq-cls":
         return None
-    if LABEL_COUNTS in context.state:
-        counts = torch.tensor(context.state[LABEL_COUNTS]["counts"], dtype=torch.float64)
+    if kept is not None and len(kept) == num_labels:
+        counts = torch.tensor(kept, dtype=torch.float64)
     else:
         counts = label_counts(rows.labels, num_labels, cfg, seed)
-        context.state[LABEL_COUNTS] = ConfigRecord({"counts": [float(c) for c in counts]})
+        if privacy.ledger is not None:
+            privacy.ledger.remember_counts(run_key, counts.tolist())
+    context.state[LABEL_COUNTS] = ConfigRecord({"counts": [float(c) for c in counts]})
     return logit_offset(counts, cfg.logit_adjustment)
 
 

@@ -96,10 +96,14 @@ class PrivacyState:
     plain_steps: int = 0  # steps trained without DP (dp=off): counted, never accounted
     client_key: str = ""  # who the state belongs to: a resumed run hands it back by this key
     history_lost: bool = False  # resumed or restarted with no state and no ledger: never trains
+    # accountant steps in ``history`` that trained nothing: the noisy label counts of
+    # logit-adjustment (one full-batch Gaussian release); counted in epsilon, not in steps
+    release_steps: int = 0
 
     @property
     def total_steps(self) -> int:
-        return sum(n for _, _, n in self.history) + self.plain_steps
+        """Training steps: DP-SGD's (the history, less its releases) and plain ones."""
+        return sum(n for _, _, n in self.history) - self.release_steps + self.plain_steps
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({
@@ -114,6 +118,7 @@ class PrivacyState:
             "plain-steps": self.plain_steps,
             CLIENT_KEY: self.client_key,
             "history-lost": self.history_lost,
+            "release-steps": self.release_steps,
         })
 
     @classmethod
@@ -134,6 +139,7 @@ class PrivacyState:
             plain_steps=int(record.get("plain-steps", 0)),
             client_key=str(record.get(CLIENT_KEY, "")),
             history_lost=bool(record.get("history-lost", False)),
+            release_steps=int(record.get("release-steps", 0)),
         )
 
 

@@ -171,7 +171,8 @@ def section_bytes(r: dict[str, Any]) -> str:
 
 
 def section_utility(r: dict[str, Any], plots: list[str]) -> str:
-    rows = [[x["name"], x.get("clients"), x.get("samples"), x.get("accuracy"),
+    rows = [[x["name"] + (" (earlier run)" if x.get("from_run") else ""), x.get("clients"),
+             x.get("samples"), x.get("accuracy"),
              x.get("macro_f1"), x.get("epsilon"), x.get("wall_s"), x.get("target") or "–",
              "FAILED" if not x.get("ok") else
              "–" if x.get("target_met") is None else verdict(x["target_met"])]
@@ -202,6 +203,10 @@ def section_utility(r: dict[str, Any], plots: list[str]) -> str:
     if gaps:
         text += f" Macro-F1 points below no-DP: {', '.join(gaps)}."
     text += f" All row targets: {verdict(r.get('target_met'))}."
+    for x in r["results"]:  # a row kept from an earlier run says so, and how it differed
+        if x.get("from_run"):
+            text += (f"\n\n*{x['name']}: from the run started {x['from_run']}"
+                     f"{'; ' + x['from_note'] if x.get('from_note') else ''}.*")
     return text + "".join(f"\n\n![{p}]({p})" for p in plots)
 
 

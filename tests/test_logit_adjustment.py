@@ -85,6 +85,19 @@ def test_the_ledger_charges_the_counts_before_training(base_config, tmp_path):
     assert charges.index(counts[0]) < len(charges) - 1, "charged with, before, the round's steps"
 
 
+def test_a_restarted_node_takes_its_counts_from_its_ledger_and_pays_once(base_config,
+                                                                         tmp_path):
+    """The counts are paid for once per run: a restarted host (its state lost) or a resumed run
+    of the same run key reads them from its ledger instead of drawing and paying again."""
+    overrides = _overrides(base_config, **{"ledger-dir": str(tmp_path / "ledger")})
+    _, first, _ = _rounds(overrides, rounds=1)
+    _, again, _ = _rounds(overrides, rounds=1)  # a fresh context: the node restarted
+    assert first == again
+    (ledger,) = (tmp_path / "ledger").glob("*.json")
+    charges = json.loads(ledger.read_text())["charges"]
+    assert sum("/release-" in c["id"] for c in charges) == 1
+
+
 def test_calibration_composes_the_counts_within_the_budget(base_config):
     cfg = from_run_config(_overrides(base_config))
     plain = ClientBudget(cfg, PrivacyState(), 200)

@@ -42,7 +42,7 @@ from fedtune.privacy.calibration import (
     sample_rate,
     steps_per_round,
 )
-from fedtune.privacy.ledger import Ledger
+from fedtune.privacy.ledger import RELEASE_MARK, Ledger
 from fedtune.protocol import RESUME_PRIVACY, SERVER_ROUND, History, PrivacyState
 
 TOLERANCE = 1e-9
@@ -178,6 +178,7 @@ def trusted_state(own: PrivacyState | None, claimed: PrivacyState | None, *, led
     higher = epsilon(claimed.history, delta, accountant) > epsilon(base.history, delta, accountant)
     return dataclasses.replace(
         base, history=list(claimed.history) if higher else list(base.history),
+        release_steps=(claimed if higher else base).release_steps,  # with its history
         exhausted=base.exhausted or claimed.exhausted,
         history_lost=base.history_lost or claimed.history_lost, **counts)
 
@@ -276,6 +277,7 @@ class ClientBudget:
                 self.refuse(charge_id, self.decision)
             elif self.releases:  # counted now: the trainer appends its steps after them
                 self.state.history = merge_history([*self.state.history, *self.releases])
+                self.state.release_steps += sum(n for _, _, n in self.releases)
             return self.decision
         update = self.update_digest(release) if release is not None else ""
         with self.ledger.locked():
@@ -303,20 +305,25 @@ class ClientBudget:
                 "state nor a privacy ledger, so no DP round can be accounted; give the host a "
                 "ledger (node config ledger-dir, or run config ledger-dir in a simulation)")
 
+    def _take_ledger(self) -> None:
+        """The client's history is the ledger's (caller holds its lock), releases included."""
+        self.state.history = merge_history(self.ledger.history)
+        self.state.release_steps = self.ledger.release_steps
+
     def _read_ledger(self) -> None:
         """The client's history is the ledger's, as it is on disk now."""
         if self.ledger is not None:
             with self.ledger.locked():
-                self.state.history = merge_history(self.ledger.history)
+                self._take_ledger()
 
     def start(self, run_key: str) -> None:
         """Every round: with a ledger, take its history; on this client's first round of the
         run, plan the noise (a ledger that knows the run keeps the noise it planned)."""
         if self.ledger is not None:
             with self.ledger.locked():
-                self.state.history = merge_history(self.ledger.history)
-                known = self.ledger.runs.get(run_key)
-            if known:
+                self._take_ledger()
+                known = self.ledger.runs.get(run_key, {})
+            if "noise_multiplier" in known:
                 self.state.noise_multiplier = float(known["noise_multiplier"])
                 self.state.sample_rate = self.q
                 return
@@ -391,7 +398,7 @@ class ClientBudget:
         """Durably record the spend before any training or release (no-op without a ledger)."""
         if self.ledger is not None:
             for i, (sigma, q, steps) in enumerate(self.releases):  # the round's epsilon_after
-                self.ledger.charge(f"{charge_id}/release-{i}", sigma, q, steps,
+                self.ledger.charge(f"{charge_id}{RELEASE_MARK}{i}", sigma, q, steps,
                                    decision.epsilon_after, self.cfg.delta, decision.update)
             self.ledger.charge(charge_id, self.state.noise_multiplier, self.q, decision.steps,
                                decision.epsilon_after, self.cfg.delta, decision.update)
@@ -400,7 +407,7 @@ class ClientBudget:
         """After training: with a ledger, the client's count is the ledger's as charged (a
         replayed round released the same update again, which is free)."""
         if self.ledger is not None:
-            self.state.history = merge_history(self.ledger.history)
+            self._take_ledger()
 
     def refuse(self, charge_id: str, decision: RoundDecision) -> None:
         self.state.rounds_refused += 1

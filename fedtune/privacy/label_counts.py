@@ -38,6 +38,8 @@ def count_noise(cfg: RunConfig) -> float:
 
 
 def auto_count_noise(target_epsilon: float) -> float:
+    if target_epsilon <= 0:  # refused where the target is checked; never a division by zero
+        return AUTO_NOISE
     return AUTO_NOISE * max(1.0, AUTO_AT_EPSILON / target_epsilon)
 
 

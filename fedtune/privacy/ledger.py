@@ -55,6 +55,11 @@ def fingerprint(texts: Iterable[str], labels: Iterable[Any]) -> str:
     return h.hexdigest()
 
 
+# in a charge's id: a mechanism a round runs besides its DP-SGD steps (``<round>/release-<i>``:
+# the noisy label counts of logit-adjustment), charged with the round, counted in no step total
+RELEASE_MARK = "/release-"
+
+
 @dataclass
 class Ledger:
     path: Path
@@ -63,7 +68,8 @@ class Ledger:
     history: History = field(default_factory=list)
     charges: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
-    runs: dict[str, dict[str, float]] = field(default_factory=dict)  # run key -> sigma, q
+    # run key -> sigma, q (and the run's noisy label counts, once drawn)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _held: int = field(default=0, init=False, repr=False, compare=False)  # locked() depth
 
     @classmethod
@@ -147,5 +153,20 @@ class Ledger:
     def remember_run(self, run_key: str, sigma: float, q: float) -> None:
         """A restarted client of the same run reuses its noise instead of re-planning."""
         with self.locked():
-            self.runs[run_key] = {"noise_multiplier": sigma, "sample_rate": q}
+            self.runs.setdefault(run_key, {}).update(noise_multiplier=sigma, sample_rate=q)
             self.save()
+
+    def remember_counts(self, run_key: str, counts: list[float]) -> None:
+        """The run's noisy label counts (``logit-adjustment``), paid for once: a restarted
+        client or a resumed run of the same run key reuses them instead of drawing (and paying
+        for) new ones. They stay on the host's disk, as the ledger does."""
+        with self.locked():
+            self.runs.setdefault(run_key, {})["label_counts"] = [float(c) for c in counts]
+            self.save()
+
+    @property
+    def release_steps(self) -> int:
+        return sum(int(c["steps"]) for c in self.charges if RELEASE_MARK in c["id"])
+
+    def kept_counts(self, run_key: str) -> list[float] | None:
+        return self.runs.get(run_key, {}).get("label_counts")
