@@ -171,7 +171,7 @@ def _logit_offset(cfg: RunConfig, context: Context, privacy: ClientBudget, run_k
     """tau x log(label prior) for ``logit-adjustment``, from counts drawn once per run (noisy
     under sample-level DP, admitted and charged with the round that draws them) and kept in
     this node's state and its ledger, never sent."""
-    if cfg.logit_adjustment <= 0 or cfg.task != "seq-cls":
+    if not count_release(cfg):  # off, no labels, or no DP-SGD (nothing for it to correct)
         return None
     if kept is not None and len(kept) == num_labels:
         counts = torch.tensor(kept, dtype=torch.float64)

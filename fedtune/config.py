@@ -243,11 +243,12 @@ class RunConfig:
 
     logit_adjustment: float = setting(
         2.0,
-        "tau of the logit-adjusted loss (`seq-cls`): each client trains on logits + tau x "
-        "log(its label prior), from its own label counts under Gaussian noise "
-        "(`label-count-noise`, accounted in its epsilon), so that rare labels and, under label "
-        "skew, the labels a client lacks are not pushed out; the model then predicts as if the "
-        "labels were balanced. 0 = off. See [Accuracy under DP](../README.md#accuracy-under-dp)",
+        "tau of the logit-adjusted loss under DP-SGD (`seq-cls`, `dp = sample | both`): each "
+        "client trains on logits + tau x log(its label prior), from its own label counts under "
+        "Gaussian noise (`label-count-noise`, accounted in its epsilon), so that the DP noise "
+        "does not drown rare labels and, under label skew, the labels a client lacks; the "
+        "logits then lean towards rare labels. Not applied without DP-SGD. 0 = off. See "
+        "[Accuracy under DP](../README.md#accuracy-under-dp)",
         min=0)
 
     # --- privacy ---

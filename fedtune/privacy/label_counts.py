@@ -61,9 +61,12 @@ def check_count_release(cfg: RunConfig) -> None:
 
 def count_release(cfg: RunConfig) -> History:
     """The mechanism a client runs before its first round of a run, as accountant history: one
-    Gaussian release of its label counts when the loss needs them under sample-level DP, else
-    nothing. Without sample-level DP (``dp = off | client``) the exact counts are used: nothing
-    to account (client-level DP clips the whole update, whatever computed it)."""
+    Gaussian release of its label counts when the loss needs them, else nothing.
+
+    Only under DP-SGD (``dp = sample | both``): what the adjustment corrects is the noise
+    drowning the rare labels' few clipped gradients. Without DP the model learns the labels'
+    frequencies itself, and the same adjustment only skews it (TREC-6 without DP, tau 2: macro-F1
+    0.928 -> 0.804, accuracy 0.948 -> 0.858), so it is not applied."""
     if cfg.logit_adjustment > 0 and cfg.task == "seq-cls" and cfg.dp_enabled:
         return [(count_noise(cfg) / SENSITIVITY, 1.0, 1)]
     return []

@@ -62,7 +62,7 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
         ClientBudget(cfg, state, len(rows), releases=releases).start("central")
         state.history = [*releases]
     offset = None
-    if cfg.logit_adjustment > 0:
+    if releases:  # logit adjustment applies under DP-SGD only
         offset = logit_offset(label_counts(rows.labels, splits.num_labels, cfg, cfg.seed),
                               cfg.logit_adjustment)
 
