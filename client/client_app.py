@@ -75,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
     charge_id = f"{run_key}/round-{server_round}"
     seed = round_seed(cfg, pid, server_round, charge_id, _ledger_dir(cfg, context))
     privacy = _privacy(cfg, context, config, pid, rows, labels, own_rows)
-    kept = _kept_counts(context, privacy, run_key)
+    kept = _kept_counts(context, privacy, run_key, len(labels))
     privacy.releases = [] if kept is not None else count_release(cfg)
     release = Release(msg.content[ARRAYS], config, seed, rank, rows_digest(rows))
     decision = privacy.admit(run_key, charge_id, release)
@@ -158,12 +158,16 @@ def _moments(context: Context, cfg: RunConfig) -> dict | None:
     return to_tensors(context.state[OPTIMIZER_STATE])
 
 
-def _kept_counts(context: Context, privacy: ClientBudget, run_key: str) -> list[float] | None:
+def _kept_counts(context: Context, privacy: ClientBudget, run_key: str,
+                 num_labels: int) -> list[float] | None:
     """This run's label counts if this node drew them already: in its state, or (a restarted
-    host, a resumed run) in its ledger."""
+    host, a resumed run) in its ledger. Counts of another label set are none: new ones are
+    drawn, and so charged."""
     if LABEL_COUNTS in context.state:
-        return list(context.state[LABEL_COUNTS]["counts"])
-    return privacy.ledger.kept_counts(run_key) if privacy.ledger is not None else None
+        kept = list(context.state[LABEL_COUNTS]["counts"])
+    else:
+        kept = privacy.ledger.kept_counts(run_key) if privacy.ledger is not None else None
+    return kept if kept is not None and len(kept) == num_labels else None
 
 
 def _logit_offset(cfg: RunConfig, context: Context, privacy: ClientBudget, run_key: str, rows,
@@ -173,7 +177,7 @@ def _logit_offset(cfg: RunConfig, context: Context, privacy: ClientBudget, run_k
     this node's state and its ledger, never sent."""
     if not count_release(cfg):  # off, no labels, or no DP-SGD (nothing for it to correct)
         return None
-    if kept is not None and len(kept) == num_labels:
+    if kept is not None:
         counts = torch.tensor(kept, dtype=torch.float64)
     else:
         counts = label_counts(rows.labels, num_labels, cfg, seed)

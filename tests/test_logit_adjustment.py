@@ -181,3 +181,13 @@ def test_without_dp_sgd_the_loss_is_not_adjusted(base_config):
         ctx = context(overrides, 0)
         assert client_app._logit_offset(cfg, ctx, None, "run", None, 2, 1, None) is None
         assert LABEL_COUNTS not in ctx.state
+
+
+def test_kept_counts_of_another_label_set_are_drawn_again_and_charged(base_config):
+    overrides = _overrides(base_config)
+    ctx = context(overrides, 0)
+    ctx.state[LABEL_COUNTS] = ConfigRecord({"counts": [5.0, 5.0, 5.0]})  # 3 labels, toy has 2
+    _, kept, ctx = _rounds(overrides, rounds=1, ctx=ctx)
+    assert len(kept[0]) == 2
+    state = PrivacyState.from_record(ctx.state[PRIVACY])
+    assert [h for h in state.history if h[1] == 1.0] == [(NOISE, 1.0, 1)]

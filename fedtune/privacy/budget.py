@@ -229,7 +229,7 @@ class ClientBudget:
     def open(cls, cfg: RunConfig, saved: Mapping[str, Any] | None, num_examples: int,
              ledger: Ledger | None = None, cap: float | None = None, *, key: str = "",
              config: Mapping[str, Any] | None = None,
-             policy: HostPolicy | None = None, releases: History | None = None) -> ClientBudget:
+             policy: HostPolicy | None = None) -> ClientBudget:
         """The client's budget as it last saved it (``context.state``), or a fresh one; on a
         resumed run raised by the state the server sent back under ``key`` (``config`` is the
         round's config). A client that cannot know what it spent (a resumed run, or on a real
@@ -245,7 +245,7 @@ class ClientBudget:
         if (cfg.dp_enabled and ledger is None and own is None and claimed is None
                 and (resumed or later)):
             state.history_lost = True
-        return cls(cfg, state, num_examples, ledger, cap, policy, releases)
+        return cls(cfg, state, num_examples, ledger, cap, policy)
 
     def _spent(self) -> float:
         return epsilon(self.state.history, self.cfg.delta, self.cfg.accountant)
