@@ -16,8 +16,6 @@ backward pass, which pays off for large layers (and on GPUs), not for small LoRA
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +34,7 @@ from fedtune.privacy.calibration import (
     steps_per_round,
 )
 from fedtune.privacy.fused_clipping import make_private_fused, resolve_grad_sample_mode
+from fedtune.privacy.noise_source import noise_seed
 from fedtune.protocol import PrivacyState
 from fedtune.tasks.registry import task_for
 
@@ -251,12 +250,8 @@ def _noise_generator(params, seed: int, reproducible: bool) -> torch.Generator:
     its seed is secret, its output is not cryptographically unpredictable (Opacus's
     ``secure_mode`` would need ``torchcsprng``, which no longer builds for current torch).
     """
-    if reproducible:
-        noise_seed = int.from_bytes(hashlib.sha256(f"dp-noise/{seed}".encode()).digest()[:8],
-                                    "little")
-    else:
-        noise_seed = secrets.randbits(63)
-    return torch.Generator(device=params[0].device).manual_seed(noise_seed)
+    return torch.Generator(device=params[0].device).manual_seed(
+        noise_seed("dp-noise", seed, reproducible))
 
 
 def _break_noise(optimizer) -> None:

@@ -185,3 +185,15 @@ def test_the_report_states_the_client_sampling_approximation():
     report = build_report(cfg, [{"partition_id": 0, "num_examples": 100}], {},
                           client_level=some, crosscheck_now=False)
     assert f"- client sampling: {some['sampling']}" in render(report)
+
+
+def test_one_seeding_rule_for_every_mechanism():
+    """DP-SGD's noise and the label counts' take their seed from one rule: secret by default,
+    and with reproducible noise a digest of the mechanism's tag and the seed, which keeps the
+    seeded streams of earlier runs (the sha256 values below) and keeps the mechanisms apart."""
+    from fedtune.privacy.noise_source import noise_seed
+
+    assert noise_seed("dp-noise", 42, True) == 0x44F1106DCE4EA2FB
+    assert noise_seed("label-counts", 42, True) == 0x2E984BCE340F890B
+    assert noise_seed("dp-noise", 42, True) == noise_seed("dp-noise", 42, True)
+    assert noise_seed("dp-noise", 42, False) != noise_seed("dp-noise", 42, False)

@@ -275,9 +275,8 @@ class ClientBudget:
             self.decision = self.decide(charge_id)
             if not self.decision.allowed:
                 self.refuse(charge_id, self.decision)
-            elif self.releases:  # counted now: the trainer appends its steps after them
-                self.state.history = merge_history([*self.state.history, *self.releases])
-                self.state.release_steps += sum(n for _, _, n in self.releases)
+            elif self.releases:
+                self.record_releases()
             return self.decision
         update = self.update_digest(release) if release is not None else ""
         with self.ledger.locked():
@@ -287,6 +286,12 @@ class ClientBudget:
             else:
                 self.refuse(charge_id, self.decision)
         return self.decision
+
+    def record_releases(self) -> None:
+        """Without a ledger: the run's releases enter the history now, before the trainer
+        appends its DP-SGD steps after them; their steps are kept apart from the step totals."""
+        self.state.history = merge_history([*self.state.history, *self.releases])
+        self.state.release_steps += sum(n for _, _, n in self.releases)
 
     def finish(self, steps: int) -> None:
         """After training: take the ledger's count (the round's charge included), and count

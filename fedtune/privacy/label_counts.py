@@ -15,12 +15,10 @@ they are paid for once; a client that lost them (a restarted host) draws and pay
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-
 import torch
 
 from fedtune.config import ConfigError, RunConfig
+from fedtune.privacy.noise_source import noise_seed
 from fedtune.protocol import History
 
 SENSITIVITY = 1.0  # one row added or removed moves one count by one
@@ -54,7 +52,8 @@ def check_count_release(cfg: RunConfig) -> None:
     spent = epsilon(release, cfg.delta, cfg.accountant)
     if spent >= cfg.target_epsilon:
         raise ConfigError(
-            f"run-config key 'label-count-noise' = {cfg.label_count_noise:g}: the noisy label "
+            f"run-config key 'label-count-noise' = {cfg.label_count_noise:g} (noise std "
+            f"{count_noise(cfg):g}): the noisy label "
             f"counts of logit-adjustment alone would spend epsilon {spent:.3g} of the "
             f"target {cfg.target_epsilon:g}; raise it (0 = auto) or set logit-adjustment = 0")
 
@@ -82,12 +81,8 @@ def label_counts(labels: list[int], num_labels: int, cfg: RunConfig, seed: int) 
                             minlength=num_labels).to(torch.float64)
     if not count_release(cfg):
         return counts
-    if cfg.reproducible_noise:
-        digest = hashlib.sha256(f"label-counts/{seed}".encode()).digest()[:8]
-        noise_seed = int.from_bytes(digest, "little")
-    else:
-        noise_seed = secrets.randbits(63)
-    generator = torch.Generator().manual_seed(noise_seed)
+    generator = torch.Generator().manual_seed(
+        noise_seed("label-counts", seed, cfg.reproducible_noise))
     noise = torch.randn(num_labels, generator=generator, dtype=torch.float64)
     return counts + count_noise(cfg) * noise
 

@@ -59,8 +59,9 @@ def central_run(overrides: dict[str, Any], threads: int) -> dict[str, Any]:
     state = PrivacyState()
     releases = count_release(cfg)  # logit-adjustment's noisy label counts, as a client draws
     if cfg.dp_enabled:
-        ClientBudget(cfg, state, len(rows), releases=releases).start("central")
-        state.history = [*releases]
+        budget = ClientBudget(cfg, state, len(rows), releases=releases)
+        budget.start("central")
+        budget.record_releases()
     offset = None
     if releases:  # logit adjustment applies under DP-SGD only
         offset = logit_offset(label_counts(rows.labels, splits.num_labels, cfg, cfg.seed),
