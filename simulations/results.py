@@ -171,7 +171,7 @@ def section_bytes(r: dict[str, Any]) -> str:
 
 
 def section_utility(r: dict[str, Any], plots: list[str]) -> str:
-    rows = [[x["name"] + (" (earlier run)" if x.get("from_run") else ""), x.get("clients"),
+    rows = [[x["name"] + (" (separate run)" if x.get("from_run") else ""), x.get("clients"),
              x.get("samples"), x.get("accuracy"),
              x.get("macro_f1"), x.get("epsilon"), x.get("wall_s"), x.get("target") or "–",
              "FAILED" if not x.get("ok") else
@@ -203,7 +203,7 @@ def section_utility(r: dict[str, Any], plots: list[str]) -> str:
     if gaps:
         text += f" Macro-F1 points below no-DP: {', '.join(gaps)}."
     text += f" All row targets: {verdict(r.get('target_met'))}."
-    for x in r["results"]:  # a row kept from an earlier run says so, and how it differed
+    for x in r["results"]:  # a row from a separate run says so, and how it differed
         if x.get("from_run"):
             text += (f"\n\n*{x['name']}: from the run started {x['from_run']}"
                      f"{'; ' + x['from_note'] if x.get('from_note') else ''}.*")
