@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from fedtune.privacy.accounting import epsilon
-from fedtune.privacy.ledger import RELEASE_MARK
+from fedtune.privacy.ledger import is_release
 
 
 def check_run_folder(run: Path, rounds: int, clients: int) -> list[str]:
@@ -60,7 +60,7 @@ def check_ledgers(run: Path, ledger_dirs: list[Path], delta: float, accountant: 
             problems.append(f"{files[0]}: epsilon {spent} but the report says {client['epsilon']}")
         # one charge per round trained; a round's extra releases (the noisy label counts of
         # logit-adjustment, '<round>/release-<i>') are charged apart and counted in the epsilon
-        rounds = [c for c in ledger["charges"] if RELEASE_MARK not in c["id"]]
+        rounds = [c for c in ledger["charges"] if not is_release(c)]
         if len(rounds) != client["rounds_trained"]:
             problems.append(f"{files[0]}: {len(rounds)} round charges but the report says "
                             f"{client['rounds_trained']} rounds trained")

@@ -42,7 +42,7 @@ from fedtune.privacy.calibration import (
     sample_rate,
     steps_per_round,
 )
-from fedtune.privacy.ledger import RELEASE_MARK, Ledger
+from fedtune.privacy.ledger import Ledger, release_id
 from fedtune.protocol import RESUME_PRIVACY, SERVER_ROUND, History, PrivacyState
 
 TOLERANCE = 1e-9
@@ -403,7 +403,7 @@ class ClientBudget:
         """Durably record the spend before any training or release (no-op without a ledger)."""
         if self.ledger is not None:
             for i, (sigma, q, steps) in enumerate(self.releases):  # the round's epsilon_after
-                self.ledger.charge(f"{charge_id}{RELEASE_MARK}{i}", sigma, q, steps,
+                self.ledger.charge(release_id(charge_id, i), sigma, q, steps,
                                    decision.epsilon_after, self.cfg.delta, decision.update)
             self.ledger.charge(charge_id, self.state.noise_multiplier, self.q, decision.steps,
                                decision.epsilon_after, self.cfg.delta, decision.update)

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +58,16 @@ def fingerprint(texts: Iterable[str], labels: Iterable[Any]) -> str:
 # in a charge's id: a mechanism a round runs besides its DP-SGD steps (``<round>/release-<i>``:
 # the noisy label counts of logit-adjustment), charged with the round, counted in no step total
 RELEASE_MARK = "/release-"
+
+
+def release_id(charge_id: str, index: int) -> str:
+    """The charge id of the round ``charge_id``'s ``index``-th release."""
+    return f"{charge_id}{RELEASE_MARK}{index}"
+
+
+def is_release(charge: Mapping[str, Any]) -> bool:
+    """A release's charge (:func:`release_id`), not a round's DP-SGD steps."""
+    return RELEASE_MARK in charge["id"]
 
 
 @dataclass
@@ -166,7 +176,7 @@ class Ledger:
 
     @property
     def release_steps(self) -> int:
-        return sum(int(c["steps"]) for c in self.charges if RELEASE_MARK in c["id"])
+        return sum(int(c["steps"]) for c in self.charges if is_release(c))
 
     def kept_counts(self, run_key: str) -> list[float] | None:
         return self.runs.get(run_key, {}).get("label_counts")
