@@ -238,17 +238,14 @@ def _proximal_pull(params, anchor, rate: float) -> None:
 def _noise_generator(params, seed: int, reproducible: bool) -> torch.Generator:
     """The generator Opacus draws the noise with: its own stream, on the weights' device.
 
-    By default (``reproducible-noise = false``) it is seeded from OS entropy, never from
-    ``seed``: the server knows the run's seed, the partition and the round (they are in the run
-    folder), and whoever can regenerate the noise can subtract it from the update, and DP is
-    gone. ``reproducible-noise = true`` derives it from ``seed`` instead, for tests and
-    benchmarks that compare runs bit for bit. Either way it is a stream apart from the Poisson
-    sampler's (which stays seeded: reproducible batches), so the sampled batches do not depend on
-    the noise draws (the DP analysis assumes independent randomness) and are the same as the
-    no-DP Poisson baseline's. ``torch.normal`` refuses a CPU generator for CUDA tensors (and
-    Opacus does not move it). Torch's generator is a Mersenne Twister / Philox, not a CSPRNG:
-    its seed is secret, its output is not cryptographically unpredictable (Opacus's
-    ``secure_mode`` would need ``torchcsprng``, which no longer builds for current torch).
+    Its seed follows ``fedtune.privacy.noise_source`` (secret unless ``reproducible-noise``).
+    It is a stream apart from the Poisson sampler's (which stays seeded: reproducible batches),
+    so the sampled batches do not depend on the noise draws (the DP analysis assumes independent
+    randomness) and are the same as the no-DP Poisson baseline's. ``torch.normal`` refuses a CPU
+    generator for CUDA tensors (and Opacus does not move it). Torch's generator is a Mersenne
+    Twister / Philox, not a CSPRNG: its seed is secret, its output is not cryptographically
+    unpredictable (Opacus's ``secure_mode`` would need ``torchcsprng``, which no longer builds
+    for current torch).
     """
     return torch.Generator(device=params[0].device).manual_seed(
         noise_seed("dp-noise", seed, reproducible))

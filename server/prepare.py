@@ -54,6 +54,7 @@ class PreparedRun:
 
 def prepare_run(grid: Grid, cfg: RunConfig) -> PreparedRun:
     random.seed(cfg.seed)  # Flower samples clients with the global `random`
+    check_count_release(cfg)  # label counts that alone spend the budget: fail before any output
     task = task_for(cfg)
     splits = task.load_splits(cfg)
     num_clients = wait_for_nodes(grid, cfg.min_clients)
@@ -78,7 +79,6 @@ def prepare_run(grid: Grid, cfg: RunConfig) -> PreparedRun:
         log(snr[0], "%s", snr[1])  # will DP-SGD's noise drown the run? said before round 1
     if turns := turns_warning(cfg, num_clients):
         log(WARNING, "%s", turns)
-    check_count_release(cfg)  # noisy label counts that alone spend the budget fail here
     if cfg.dp_enabled:  # an explicit 'fused' the model cannot take fails here, before round 1
         log(INFO, "per-sample clipping: %s",
             resolve_grad_sample_mode(cfg.grad_sample_mode, model))

@@ -111,6 +111,11 @@ def test_other_settings_fail_the_same_way(tiny_model, toy_data, tmp_path, capsys
     assert code == 2 and err.startswith("error: --run-config")
     code, err, _ = _launch(capsys, _ok(tiny_model, toy_data, tmp_path, min_clients=3))
     assert code == 2 and "--num-clients 2 is below run-config key 'min-clients' = 3" in err
+    # label counts whose noise alone spends the budget: refused before any process starts
+    code, err, _ = _launch(capsys, _ok(tiny_model, toy_data, tmp_path, dp="sample",
+                                       target_epsilon=1.0, label_count_noise=1.0))
+    assert code == 2 and err.startswith("error: run-config key 'label-count-noise' = 1")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_new_run_gets_an_absolute_run_folder_and_the_log_goes_there(

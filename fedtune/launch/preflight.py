@@ -21,6 +21,7 @@ from fedtune.config import ConfigError, RunConfig, from_run_config
 from fedtune.data.sources import FILE_FORMATS, local_dataset, train_file
 from fedtune.model.paths import resolve_model_path
 from fedtune.outputs.run_folder import RunFolder, default_name
+from fedtune.privacy.label_counts import check_count_release
 from fedtune.project import project_defaults
 
 
@@ -35,6 +36,7 @@ def preflight(overrides: Mapping[str, Any], project: Path) -> Checked:
     """The validated settings and the run folder, or the first :class:`ConfigError`."""
     overrides = dict(overrides)
     cfg = from_run_config(project_defaults(project) | overrides)
+    check_count_release(cfg)
     check_dataset(cfg, project)
     check_model(cfg, project)
     root = Path(os.path.expanduser(cfg.output_dir or default_name()))
