@@ -6,20 +6,20 @@ from fedtune.config import from_run_config
 from fedtune.privacy.calibration import batch_size_for, planned_steps, sample_rate
 
 
-@pytest.mark.parametrize("rows, batch", [(6_735, 256), (67_349, 256), (4_096, 256),
-                                         (4_095, 128), (1_090, 64), (673, 32), (100, 16),
-                                         (3, 16)])
-def test_auto_keeps_at_least_16_steps_per_epoch_between_16_and_256(rows, batch):
+@pytest.mark.parametrize("rows, batch", [(6_735, 512), (67_349, 512), (5_120, 512),
+                                         (5_119, 256), (4_096, 256), (1_090, 64), (673, 64),
+                                         (639, 32), (100, 16), (3, 16)])
+def test_auto_keeps_at_least_10_steps_per_epoch_between_16_and_512(rows, batch):
     cfg = from_run_config({"batch-size": 0})
     assert batch_size_for(cfg, rows) == batch
-    if rows >= 16 * 16:
-        assert rows / batch >= 16
+    if rows >= 16 * 10:
+        assert rows / batch >= 10
 
 
 def test_a_set_batch_size_wins_and_drives_the_accounting():
-    cfg = from_run_config({"batch-size": 64, "local-epochs": 1.0, "num-server-rounds": 2})
-    assert batch_size_for(cfg, 673) == 64
-    assert planned_steps(cfg, 673) == 2 * 11
+    cfg = from_run_config({"batch-size": 32, "local-epochs": 1.0, "num-server-rounds": 2})
+    assert batch_size_for(cfg, 673) == 32
+    assert planned_steps(cfg, 673) == 2 * 22
     auto = from_run_config({"batch-size": 0, "local-epochs": 1.0, "num-server-rounds": 2})
-    assert planned_steps(auto, 673) == 2 * 22
-    assert sample_rate(673, batch_size_for(auto, 673)) == pytest.approx(1 / 22)
+    assert planned_steps(auto, 673) == 2 * 11
+    assert sample_rate(673, batch_size_for(auto, 673)) == pytest.approx(1 / 11)
