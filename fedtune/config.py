@@ -216,8 +216,8 @@ class RunConfig:
     batch_size: int = setting(
         0,
         "batch size; under DP the *expected* Poisson batch size; 0 = auto, from each client's "
-        "size: the largest power of two from 16 to 512 that leaves at least 10 steps per epoch "
-        "(512 for 5,120 rows or more, 64 for 673 or 1,090)",
+        "size: the largest power of two from 16 to 256 that leaves at least 10 steps per epoch "
+        "(256 for 2,560 rows or more, 64 for 673 or 1,090)",
         min=0, note=" (0 = auto, from each client's size)")
     micro_batch_size: int = setting(
         16,

@@ -6,10 +6,10 @@ from fedtune.config import from_run_config
 from fedtune.privacy.calibration import batch_size_for, planned_steps, sample_rate
 
 
-@pytest.mark.parametrize("rows, batch", [(6_735, 512), (67_349, 512), (5_120, 512),
-                                         (5_119, 256), (4_096, 256), (1_090, 64), (673, 64),
-                                         (639, 32), (100, 16), (3, 16)])
-def test_auto_keeps_at_least_10_steps_per_epoch_between_16_and_512(rows, batch):
+@pytest.mark.parametrize("rows, batch", [(6_735, 256), (67_349, 256), (2_560, 256),
+                                         (2_559, 128), (1_090, 64), (673, 64), (639, 32),
+                                         (100, 16), (3, 16)])
+def test_auto_keeps_at_least_10_steps_per_epoch_between_16_and_256(rows, batch):
     cfg = from_run_config({"batch-size": 0})
     assert batch_size_for(cfg, rows) == batch
     if rows >= 16 * 10:

@@ -24,21 +24,22 @@ from fedtune.protocol import History
 TOLERANCE = 0.01  # Opacus's epsilon_tolerance of get_noise_multiplier
 
 
-AUTO_BATCH_MIN, AUTO_BATCH_MAX, AUTO_STEPS_PER_EPOCH = 16, 512, 10
+AUTO_BATCH_MIN, AUTO_BATCH_MAX, AUTO_STEPS_PER_EPOCH = 16, 256, 10
 
 
 def batch_size_for(cfg: RunConfig, num_examples: int) -> int:
     """The client's expected batch: ``batch-size``, or with ``batch-size = 0`` (auto) the largest
-    power of two from 16 to 512 that still gives the client at least 10 steps per epoch.
+    power of two from 16 to 256 that still gives the client at least 10 steps per epoch.
 
     A fixed batch is wrong at one end or the other. On 673 rows a batch of 256 samples at
     q = 0.38 and takes under 3 steps per epoch, too few for the optimiser to get anywhere. But
     small batches cost too: Adam divides each step by its noise-dominated second moment, so a
     round moves the model by about (rows x signal) / (sigma C) whatever the batch, while the noise
-    it adds grows with the number of steps. Paired runs (same noise seeds, same samples, the
-    notes on issue 14): the 10-client main job 0.8165 at 256 -> 0.8211 at 512; 100 clients of
-    673 rows 0.7764 at 32 -> 0.7810 at 64; TREC-6 clients of 1,090 rows macro-F1 0.834 at 64,
-    0.817 at 128 (so 10 steps per epoch, not 8).
+    it adds grows with the number of steps. Measured (the notes on issue 14): 100 clients of 673
+    rows 0.7764 at 32 -> 0.7810 at 64 (paired, same noise seeds); TREC-6 clients of 1,090 rows
+    macro-F1 0.834 at 64, 0.817 at 128 (so 10 steps per epoch, not 8). The cap stays 256: on the
+    main job's 6,735-row clients 512 won a paired run (0.8211 vs 0.8165) and lost the benchmark
+    run (0.8016 vs 0.8188).
     """
     return cfg.batch_size if cfg.batch_size > 0 else auto_batch_size(num_examples)
 
