@@ -285,7 +285,7 @@ def summary_rows(results: dict[str, dict[str, Any]], tag: str) -> list[list[Any]
         measured = [x for x in r["results"] if x.get("target_met") is not None]
         for x in measured:
             value = (f"{x['points_below_nodp']:.1f} points below" if "points_below_nodp" in x
-                     else fmt(x.get("accuracy")))
+                     else fmt(x.get("accuracy"), 4))  # 0.7798 must not read as 0.780
             rows.append([f"utility{tag}", x["target"], value, verdict(x["target_met"])])
         if not measured:
             rows.append([f"utility{tag}", "row targets", "–", verdict(None)])
