@@ -88,7 +88,16 @@ def test_recommend_spends_the_budget_and_picks_the_best():
         assert c["steps_per_round"] >= 4
         assert abs(c["samples"] - budget) <= rounds * batch / 2 + 1  # nearest step per round
         assert steps_per_round(n, c["batch_size"], c["local_epochs"]) == c["steps_per_round"]
-    assert result["best"] == max(candidates, key=lambda c: c["run_snr"]) == candidates[0]
+    assert candidates[0]["run_snr"] == max(c["run_snr"] for c in candidates)
+    # s/n prefers 128, but 1,000 rows at 128 take 8 steps an epoch: beyond the measured range
+    # (at most 256 and 10 steps per epoch, the automatic batch), so the choice is 64
+    assert result["measured_max_batch"] == 64
+    assert [c["beyond_measured"] for c in candidates] == [True, False, False, False]
+    assert result["best"] == candidates[1] and result["best"]["batch_size"] == 64
+    big = recommend(num_examples=6735, num_clients=2, samples_per_client=6735, rounds=2,
+                    target_epsilon=8, delta=1e-5, trainable_params=MINILM_D, accountant="rdp")
+    assert big["candidates"][0]["batch_size"] == 1024  # the largest s/n ...
+    assert big["best"]["batch_size"] == 256  # ... but the main job's measured best
     fewer = recommend(num_examples=n, num_clients=5, samples_per_client=budget, rounds=rounds,
                       target_epsilon=8, delta=1e-5, trainable_params=MINILM_D,
                       accountant="rdp", min_steps_per_round=10)
@@ -108,10 +117,11 @@ def test_cli_recommend_and_json(capsys):
     assert fedtune([*PLAN, "--recommend"]) == 0
     out = capsys.readouterr().out
     assert "74,498 trainable parameters" in out and "batch  local-epochs" in out
-    assert 'recommended: --run-config "batch-size=128 local-epochs=' in out
+    assert 'recommended: --run-config "batch-size=64 local-epochs=' in out
+    assert "128" in out and "(beyond the measured range)" in out
     assert fedtune([*PLAN, "--recommend", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
-    assert rec["best"]["batch_size"] == 128 and len(rec["candidates"]) == 4
+    assert rec["best"]["batch_size"] == 64 and len(rec["candidates"]) == 4
     assert fedtune([*PLAN, "--json", "--trainable-params", "1000"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"step_snr", "run_snr", "noise_dominated"} <= set(out)
