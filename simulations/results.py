@@ -207,6 +207,8 @@ def section_utility(r: dict[str, Any], plots: list[str]) -> str:
         if x.get("from_run"):
             text += (f"\n\n*{x['name']}: from the run started {x['from_run']}"
                      f"{'; ' + x['from_note'] if x.get('from_note') else ''}.*")
+        if x.get("samples_note"):  # a figure corrected after the run, and why
+            text += f"\n\n*{x['name']}, samples: {x['samples_note']}*"
     return text + "".join(f"\n\n![{p}]({p})" for p in plots)
 
 
