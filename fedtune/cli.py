@@ -96,9 +96,12 @@ def _recommend(args: argparse.Namespace, trainable: int) -> int:
         print(f"{c['batch_size']:>5}  {c['local_epochs']:>12g}  {c['steps']:>5}  "
               f"{c['noise_multiplier']:.4f}  {c['step_snr']:>8.3g}  {c['run_snr']:>7.3g}{beyond}")
     if any(c["beyond_measured"] for c in result["candidates"]):
+        from fedtune.privacy.calibration import AUTO_BATCH_MAX, AUTO_STEPS_PER_EPOCH
+
         print(f"s/n always favours the largest batch; measured, batches above "
-              f"{result['measured_max_batch']} here (above 256, or under 10 steps per epoch) "
-              "did worse, so the choice stays within that range")
+              f"{result['measured_max_batch']} here (above {AUTO_BATCH_MAX}, or under "
+              f"{AUTO_STEPS_PER_EPOCH} steps per epoch) did worse, so the choice stays within "
+              "that range")
     best = result["best"]
     print(f"recommended: --run-config \"batch-size={best['batch_size']} "
           f"local-epochs={best['local_epochs']:g}\"  (run signal/noise {best['run_snr']:.3g})")
