@@ -217,7 +217,8 @@ class RunConfig:
         0,
         "batch size; under DP the *expected* Poisson batch size; 0 = auto, from each client's "
         "size: the largest power of two from 16 to 256 that leaves at least 10 steps per epoch "
-        "(256 for 2,560 rows or more, 64 for 673 or 1,090)",
+        "(256 for 2,560 rows or more, 64 for 673 or 1,090), then trimmed so that a round "
+        "draws local-epochs of the data, not more (half an epoch: 241 for 6,735 rows, 57 for 673)",
         min=0, note=" (0 = auto, from each client's size)")
     micro_batch_size: int = setting(
         16,

@@ -3,12 +3,14 @@ whether the run can learn (its predicted signal-to-noise), with the batch size t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fedtune.config import ConfigError
 from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.calibration import (
     auto_batch_size,
+    exact_epochs_batch,
     noise_multiplier,
     noise_multiplier_after,
     sample_rate,
@@ -36,7 +38,8 @@ def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int
     if batch_size < 0 or rounds < 1 or local_epochs <= 0:
         raise ConfigError("--batch-size must be >= 0 (0 = auto, as the run does), --rounds >= 1 "
                           "and --local-epochs > 0")
-    batch_size = batch_size or auto_batch_size(num_examples)
+    batch_size = batch_size or exact_epochs_batch(num_examples, auto_batch_size(num_examples),
+                                                  local_epochs)  # as the run's auto batch
     _check_request(num_examples, target_epsilon, delta, num_clients, trainable_params)
     q = sample_rate(num_examples, batch_size)
     per_round = steps_per_round(num_examples, batch_size, local_epochs)
@@ -72,10 +75,11 @@ def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int
 def recommend(*, num_examples: int, num_clients: int, samples_per_client: float, rounds: int,
               target_epsilon: float, delta: float, trainable_params: int, accountant: str = "prv",
               min_steps_per_round: int = 4) -> dict[str, Any]:
-    """The expected batch size (16 ... 1024, at most a quarter of the data) whose run learns
-    best for the same compute: ``samples_per_client`` examples processed per client over the run
-    (local-epochs x rounds x examples). Each batch size gets the local-epochs that spends that
-    budget, to the nearest step per round.
+    """The batch size (16 ... 1024, at most a quarter of the data) whose run learns best for
+    the same compute: ``samples_per_client`` examples processed per client over the run
+    (local-epochs x rounds x examples). Each power of two is trimmed as the automatic batch is
+    (:func:`exact_epochs_batch`, e.g. 256 -> 241 for half an epoch of 6,735 rows) so that its
+    whole steps spend that budget exactly where they can, and never more than it.
 
     With the compute fixed, steps x batch is fixed, so run_snr = B sqrt(K T) / (sigma sqrt d) is
     proportional to sqrt(B x samples) / sigma(B): larger batches always win on that figure,
@@ -94,9 +98,11 @@ def recommend(*, num_examples: int, num_clients: int, samples_per_client: float,
     _check_request(num_examples, target_epsilon, delta, num_clients, trainable_params)
     candidates = []
     measured_max = auto_batch_size(num_examples)
-    for batch_size in (b for b in BATCH_SIZES if b <= num_examples // 4):
+    epochs = samples_per_client / (rounds * num_examples)
+    for power in (b for b in BATCH_SIZES if b <= num_examples // 4):
+        batch_size = exact_epochs_batch(num_examples, power, epochs)
         q = sample_rate(num_examples, batch_size)
-        per_round = round(samples_per_client / (rounds * num_examples * q))
+        per_round = math.floor(epochs / q + 1e-9)
         if per_round < min_steps_per_round:
             continue
         sigma = noise_multiplier(target_epsilon=target_epsilon, delta=delta,
@@ -107,7 +113,7 @@ def recommend(*, num_examples: int, num_clients: int, samples_per_client: float,
             "local_epochs": _epochs_for(per_round, num_examples, batch_size),
             "steps_per_round": per_round, "steps": rounds * per_round, "noise_multiplier": sigma,
             "samples": round(num_examples * q * rounds * per_round),
-            "beyond_measured": batch_size > measured_max,
+            "beyond_measured": power > measured_max,
             **_snr(num_examples, q, sigma, rounds * per_round, num_clients, trainable_params),
         })
     if not candidates:
