@@ -1,5 +1,7 @@
 """``batch-size = 0`` (the default): each client's expected batch follows its size."""
 
+import math
+
 import pytest
 
 from fedtune.config import from_run_config
@@ -39,7 +41,7 @@ def test_auto_rounds_trains_no_more_than_the_local_epochs_asked(rows, epochs, ba
     cfg = from_run_config({"batch-size": 0, "local-epochs": epochs})
     size = batch_size_for(cfg, rows)
     assert size == batch
-    drawn = steps_per_round(rows, size, epochs) * sample_rate(rows, size)
+    drawn = steps_per_round(rows, size, epochs) / math.ceil(rows / size)  # Opacus's q = 1/k
     assert drawn <= epochs + 1e-9
     if epochs in (0.5, 0.25, 2.0):
         assert drawn == pytest.approx(epochs)
@@ -48,3 +50,12 @@ def test_auto_rounds_trains_no_more_than_the_local_epochs_asked(rows, epochs, ba
 def test_a_set_batch_size_is_not_trimmed():
     cfg = from_run_config({"batch-size": 256, "local-epochs": 0.5})
     assert batch_size_for(cfg, 6_735) == 256
+
+
+def test_a_few_steps_a_round_still_do_not_overdraw():
+    """A tenth of an epoch of 3,840 rows at 256 is 2 of 15 batches (a third too much); no batch
+    within a tenth fits, so the trim goes further (192: 2 of 20)."""
+    cfg = from_run_config({"batch-size": 0, "local-epochs": 0.1})
+    size = batch_size_for(cfg, 3_840)
+    assert steps_per_round(3_840, size, 0.1) / math.ceil(3_840 / size) == pytest.approx(0.1)
+    assert size == 192

@@ -58,7 +58,8 @@ def auto_batch_size(num_examples: int) -> int:
 def exact_epochs_batch(num_examples: int, batch_size: int, local_epochs: float) -> int:
     """The batch, ``batch_size`` or a smaller one with up to a tenth (at least two) more batches an
     epoch, whose round of ``local-epochs`` draws the most expected samples that do not exceed
-    ``local-epochs`` x rows; ``batch_size`` itself when none of them fits.
+    ``local-epochs`` x rows. Where none of those fits (a few steps a round), the largest batch
+    down to half of ``batch_size`` that does; else the one that overdraws least.
 
     Opacus samples at q = 1/k (k = ceil(n/B) batches an epoch) and a round takes
     round(local-epochs x k) steps, so a round draws round(E k)/k epochs: 14/27 = 0.52 for the main
@@ -69,15 +70,22 @@ def exact_epochs_batch(num_examples: int, batch_size: int, local_epochs: float) 
     if num_examples < 1 or local_epochs <= 0:
         return batch_size
     first = math.ceil(num_examples / batch_size)
+    near, wide = first + first // 10 + 2, 2 * first + 2
     best, best_epochs = batch_size, -1.0
-    for k in range(first, first + first // 10 + 2):
+    least, least_over = batch_size, math.inf
+    for k in range(first, wide):
         size = batch_size if k == first else math.ceil(num_examples / k)
         if size < 1 or math.ceil(num_examples / size) != k:
             continue  # no loader batch gives exactly k batches an epoch
         epochs = steps_per_round(num_examples, size, local_epochs) / k
-        if best_epochs < epochs <= local_epochs * (1 + 1e-9):
-            best, best_epochs = size, epochs
-    return best
+        if epochs <= local_epochs * (1 + 1e-9):
+            if k < near and epochs > best_epochs:
+                best, best_epochs = size, epochs
+            elif k >= near and best_epochs < 0:
+                return size
+        elif k < near and epochs < least_over:
+            least, least_over = size, epochs
+    return best if best_epochs >= 0 else least
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:

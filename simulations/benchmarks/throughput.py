@@ -116,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
     data = TokenizedDataset.from_texts(tokenizer, splits.train["text"], splits.train["label"],
                                        base.max_length)
     n = len(data)
-    # local-epochs such that one call takes exactly `steps` Poisson steps
-    epochs = steps / steps_per_epoch(n, batch_size_for(base, n))
-    base = dataclasses.replace(base, local_epochs=epochs)
+    # local-epochs such that one call takes exactly `steps` Poisson steps, at a batch pinned so
+    # that the new local-epochs does not trim it again
+    batch = batch_size_for(base, n)
+    base = dataclasses.replace(base, batch_size=batch,
+                               local_epochs=steps / steps_per_epoch(n, batch))
     sigma_state = PrivacyState()
     ClientBudget(base, sigma_state, n).start("throughput")  # a realistic noise level
     settings = {**overrides, "rows": n, "steps": steps, "repeats": repeats, "threads": threads,
