@@ -35,6 +35,11 @@ HARMLESS_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     ("`is_gradient_checkpointing` is deprecated", FutureWarning),
     ("Tip: In future versions of Ray", FutureWarning),
 )
+# Harmless from one module only: the PRV accountant's np.where evaluates log(0) on grid points it
+# then discards (the same message from anywhere else stays visible).
+HARMLESS_MODULE_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    ("divide by zero encountered in log", RuntimeWarning, r"opacus\.accountants\.analysis\.prv"),
+)
 # Logged (not warned) and harmless: dp-accounting skips RDP orders it cannot evaluate.
 HARMLESS_LOG_MESSAGES = ("_compute_log_a_frac failed to converge",)
 # Flower's own warnings that say nothing about this run (the launcher's console drops them).
@@ -75,6 +80,8 @@ def quiet_libraries(verbose: bool | None = None) -> bool:
     if verbose:
         for message, category in HARMLESS_WARNINGS:
             _remove_filter(message, category)
+        for message, category, module in HARMLESS_MODULE_WARNINGS:
+            _remove_filter(message, category, module)
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).removeFilter(_DROP_HARMLESS)
         if _bars_disabled_here:
@@ -86,6 +93,9 @@ def quiet_libraries(verbose: bool | None = None) -> bool:
         return True
     for message, category in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+    for message, category, module in HARMLESS_MODULE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category,
+                                module=module)
     for name in _QUIET_LOGGERS:
         logger = logging.getLogger(name)
         if _DROP_HARMLESS not in logger.filters:
@@ -99,11 +109,12 @@ def quiet_libraries(verbose: bool | None = None) -> bool:
     return False
 
 
-def _remove_filter(message: str, category: type[Warning]) -> None:
+def _remove_filter(message: str, category: type[Warning], module: str | None = None) -> None:
     pattern = re.escape(message)
     warnings.filters[:] = [f for f in warnings.filters
                            if not (f[0] == "ignore" and f[1] is not None
-                                   and f[1].pattern == pattern and f[2] is category)]
+                                   and f[1].pattern == pattern and f[2] is category
+                                   and (f[3].pattern if f[3] is not None else None) == module)]
 
 
 def _hf_modules() -> dict[str, list]:
