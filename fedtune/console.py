@@ -78,10 +78,7 @@ def quiet_libraries(verbose: bool | None = None) -> bool:
     logging.getLogger("flwr").propagate = False
     hf = _hf_modules()
     if verbose:
-        for message, category in HARMLESS_WARNINGS:
-            _remove_filter(message, category)
-        for message, category, module in HARMLESS_MODULE_WARNINGS:
-            _remove_filter(message, category, module)
+        quiet_warnings(verbose)
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).removeFilter(_DROP_HARMLESS)
         if _bars_disabled_here:
@@ -91,11 +88,7 @@ def quiet_libraries(verbose: bool | None = None) -> bool:
                 set_level(logging.WARNING)
             _bars_disabled_here = False
         return True
-    for message, category in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
-    for message, category, module in HARMLESS_MODULE_WARNINGS:
-        warnings.filterwarnings("ignore", message=re.escape(message), category=category,
-                                module=module)
+    quiet_warnings(verbose)
     for name in _QUIET_LOGGERS:
         logger = logging.getLogger(name)
         if _DROP_HARMLESS not in logger.filters:
@@ -107,6 +100,22 @@ def quiet_libraries(verbose: bool | None = None) -> bool:
             set_level(logging.ERROR)  # "newly initialised weights" and the like
         _bars_disabled_here = True
     return False
+
+
+def quiet_warnings(verbose: bool) -> None:
+    """Only the warnings part of :func:`quiet_libraries`: no library import, so the launcher's
+    checks stay fast."""
+    if verbose:
+        for message, category in HARMLESS_WARNINGS:
+            _remove_filter(message, category)
+        for message, category, module in HARMLESS_MODULE_WARNINGS:
+            _remove_filter(message, category, module)
+        return
+    for message, category in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+    for message, category, module in HARMLESS_MODULE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category,
+                                module=module)
 
 
 def _remove_filter(message: str, category: type[Warning], module: str | None = None) -> None:

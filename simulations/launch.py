@@ -18,7 +18,14 @@ from collections import deque
 from pathlib import Path
 
 from fedtune.config import ConfigError, from_run_config
-from fedtune.console import PROGRESS_ENV, VERBOSE_ENV, clean, run_summary, verbose_from_env
+from fedtune.console import (
+    PROGRESS_ENV,
+    VERBOSE_ENV,
+    clean,
+    quiet_warnings,
+    run_summary,
+    verbose_from_env,
+)
 from fedtune.launch.console_view import ConsoleView
 from fedtune.launch.flwr_cli import parse_run_config
 from fedtune.launch.preflight import preflight
@@ -86,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = args.verbose or verbose_from_env()
+    quiet_warnings(verbose)  # the preflight's noise plan runs the accountants here too
     try:  # fail in a second, not after the SuperLink and Ray have started
         overrides = parse_run_config(args.run_config)
         schedule = {}

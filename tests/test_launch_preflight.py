@@ -184,3 +184,24 @@ def test_the_main_job_takes_turns_unless_the_user_sets_the_schedule(
     assert launch.main(["--num-clients", "10", "--run-config", _ok(
         tiny_model, toy_data, tmp_path, output_dir=tmp_path / "c", partitioner="dirichlet")]) == 0
     assert "client-selection" not in seen[2]  # label skew: every client every round
+
+
+def test_the_launcher_quietens_the_accountants_before_its_checks(monkeypatch, no_processes):
+    """The preflight plans each client's noise in the launcher's own process: the PRV
+    accountant's masked log(0) (label counts at q = 1) must not reach a newcomer's console."""
+    import warnings
+
+    from opacus.accountants import PRVAccountant
+
+    def plan_then_fail(overrides, root):
+        accountant = PRVAccountant()
+        accountant.history = [(3.0, 1.0, 1), (0.5347, 1 / 28, 28)]
+        accountant.get_epsilon(delta=1e-5)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(launch, "preflight", plan_then_fail)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert launch.main(["--num-clients", "2"]) == 2
+    launch.quiet_warnings(verbose=True)  # take the filters out again for the other tests
+    assert not [w for w in seen if "divide by zero" in str(w.message)]
