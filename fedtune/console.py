@@ -77,8 +77,8 @@ def quiet_libraries(verbose: bool | None = None) -> bool:
         verbose = verbose_from_env()
     logging.getLogger("flwr").propagate = False
     hf = _hf_modules()
+    quiet_warnings(verbose)
     if verbose:
-        quiet_warnings(verbose)
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).removeFilter(_DROP_HARMLESS)
         if _bars_disabled_here:
@@ -88,7 +88,6 @@ def quiet_libraries(verbose: bool | None = None) -> bool:
                 set_level(logging.WARNING)
             _bars_disabled_here = False
         return True
-    quiet_warnings(verbose)
     for name in _QUIET_LOGGERS:
         logger = logging.getLogger(name)
         if _DROP_HARMLESS not in logger.filters:
@@ -105,17 +104,13 @@ def quiet_libraries(verbose: bool | None = None) -> bool:
 def quiet_warnings(verbose: bool) -> None:
     """Only the warnings part of :func:`quiet_libraries`: no library import, so the launcher's
     checks stay fast."""
-    if verbose:
-        for message, category in HARMLESS_WARNINGS:
-            _remove_filter(message, category)
-        for message, category, module in HARMLESS_MODULE_WARNINGS:
+    harmless = [(message, category, None) for message, category in HARMLESS_WARNINGS]
+    for message, category, module in [*harmless, *HARMLESS_MODULE_WARNINGS]:
+        if verbose:
             _remove_filter(message, category, module)
-        return
-    for message, category in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
-    for message, category, module in HARMLESS_MODULE_WARNINGS:
-        warnings.filterwarnings("ignore", message=re.escape(message), category=category,
-                                module=module)
+        else:
+            warnings.filterwarnings("ignore", message=re.escape(message), category=category,
+                                    module=module or "")
 
 
 def _remove_filter(message: str, category: type[Warning], module: str | None = None) -> None:

@@ -44,7 +44,12 @@ def batch_size_for(cfg: RunConfig, num_examples: int) -> int:
     """
     if cfg.batch_size > 0:
         return cfg.batch_size
-    return exact_epochs_batch(num_examples, auto_batch_size(num_examples), cfg.local_epochs)
+    return trimmed_auto_batch(num_examples, cfg.local_epochs)
+
+
+def trimmed_auto_batch(num_examples: int, local_epochs: float) -> int:
+    """``batch-size = 0`` for a client of ``num_examples`` rows (the run's and the plan's)."""
+    return exact_epochs_batch(num_examples, auto_batch_size(num_examples), local_epochs)
 
 
 def auto_batch_size(num_examples: int) -> int:
@@ -75,7 +80,7 @@ def exact_epochs_batch(num_examples: int, batch_size: int, local_epochs: float) 
     least, least_over = batch_size, math.inf
     for k in range(first, wide):
         size = batch_size if k == first else math.ceil(num_examples / k)
-        if size < 1 or math.ceil(num_examples / size) != k:
+        if math.ceil(num_examples / size) != k:
             continue  # no loader batch gives exactly k batches an epoch
         epochs = steps_per_round(num_examples, size, local_epochs) / k
         if epochs <= local_epochs * (1 + 1e-9):

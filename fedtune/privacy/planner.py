@@ -16,6 +16,7 @@ from fedtune.privacy.calibration import (
     sample_rate,
     steps_per_epoch,
     steps_per_round,
+    trimmed_auto_batch,
 )
 from fedtune.privacy.noise_search import shared_rdp_terms
 from fedtune.privacy.signal_to_noise import noise_dominated, run_snr, step_snr
@@ -38,8 +39,7 @@ def plan(*, num_examples: int, batch_size: int, local_epochs: float, rounds: int
     if batch_size < 0 or rounds < 1 or local_epochs <= 0:
         raise ConfigError("--batch-size must be >= 0 (0 = auto, as the run does), --rounds >= 1 "
                           "and --local-epochs > 0")
-    batch_size = batch_size or exact_epochs_batch(num_examples, auto_batch_size(num_examples),
-                                                  local_epochs)  # as the run's auto batch
+    batch_size = batch_size or trimmed_auto_batch(num_examples, local_epochs)  # as the run
     _check_request(num_examples, target_epsilon, delta, num_clients, trainable_params)
     q = sample_rate(num_examples, batch_size)
     per_round = steps_per_round(num_examples, batch_size, local_epochs)
