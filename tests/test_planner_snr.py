@@ -156,3 +156,15 @@ def test_server_warns_before_a_noise_dominated_run():
     assert level == INFO and "WARNING" not in line and "noise-dominated" in line
     assert server_check(_cfg(dp="off"), [{"num_examples": 100}], 1, MINILM_D) is None
     assert server_check(cfg, [{"num_examples": 0}], 1, MINILM_D) is None  # local data: unknown
+
+
+def test_recommend_counts_steps_from_the_loader_batches_not_the_accounted_rate():
+    """1,474 rows at 16: k = 93 batches, which Opacus accounts as q = 1/92 (float rounding);
+    one local epoch is still 93 steps, not 92."""
+    n = 1474
+    assert sample_rate(n, 16) == pytest.approx(1 / 92)
+    result = recommend(num_examples=n, num_clients=5, samples_per_client=2 * n, rounds=2,
+                       target_epsilon=8, delta=1e-5, trainable_params=MINILM_D, accountant="rdp")
+    at_16 = next(c for c in result["candidates"] if c["batch_size"] == 16)
+    assert at_16["steps_per_round"] == 93 and at_16["local_epochs"] == 1.0
+    assert at_16["samples"] == 2 * n

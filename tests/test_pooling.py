@@ -92,3 +92,32 @@ def test_the_saved_adapter_reloads_and_predicts_the_same(tmp_path, sentence_mode
         expected, got = model(**batch).logits, reloaded(**batch).logits
     assert float(expected.abs().max()) > 0
     torch.testing.assert_close(got, expected)
+
+
+def test_lora_on_every_dense_layer_trains_under_dp_with_a_token_pooling(sentence_model,
+                                                                         tmp_path):
+    """`lora-targets = query,key,value,dense` also matches BERT's pooler, which mean pooling
+    never reads: it is dropped, so no LoRA tensor is left without a per-sample gradient (Opacus
+    stopped the client mid-run with "Per sample gradient is not initialized")."""
+    from client.trainer import train_local
+    from fedtune.data.batching import TokenizedDataset
+    from fedtune.data.loading import load_splits
+    from fedtune.data.toy import make_toy_dataset
+    from fedtune.model.adapter import adapter_state
+    from fedtune.model.build import load_tokenizer
+    from fedtune.protocol import PrivacyState
+
+    cfg = _cfg(sentence_model, dataset=str(make_toy_dataset(tmp_path / "data")),
+               **{"max-train-samples": 60, "batch-size": 12, "delta": 1e-3, "max-length": 32,
+                  "lora-targets": "query,key,value,dense"})
+    model = build_model(cfg, 2)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("intermediate.dense.lora_A" in n for n in names)
+    assert not any("pooler" in n for n in names)
+    splits, tok = load_splits(cfg), load_tokenizer(cfg)
+    rows = TokenizedDataset.from_texts(tok, splits.train["text"], splits.train["label"], 32)
+    before = adapter_state(model)
+    train_local(model, rows, tok.pad_token_id, cfg,
+                PrivacyState(noise_multiplier=1.0, sample_rate=0.2), seed=1)
+    after = adapter_state(model)
+    assert any(not torch.equal(before[k], after[k]) for k in after if "intermediate" in k)

@@ -76,6 +76,11 @@ class PooledClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_labels: int, pooling: str) -> None:
         super().__init__()
+        # The head reads the token states, so the encoder's pooler (BERT/RoBERTa: [CLS] -> dense
+        # -> tanh) is dead weight; worse, LoRA on it (lora-targets naming `dense`) would be a
+        # trainable tensor with no gradient, which Opacus refuses mid-run.
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None
         self.encoder = encoder
         self.config = encoder.config
         self.config.num_labels = num_labels

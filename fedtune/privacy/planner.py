@@ -102,7 +102,10 @@ def recommend(*, num_examples: int, num_clients: int, samples_per_client: float,
     for power in (b for b in BATCH_SIZES if b <= num_examples // 4):
         batch_size = exact_epochs_batch(num_examples, power, epochs)
         q = sample_rate(num_examples, batch_size)
-        per_round = math.floor(epochs / q + 1e-9)
+        # whole steps from the k batches an epoch the loader draws, not from the accounted
+        # 1/q, which float rounding makes k - 1 for some k (one step short of the budget)
+        batches = steps_per_epoch(num_examples, batch_size)
+        per_round = math.floor(epochs * batches + 1e-9)
         if per_round < min_steps_per_round:
             continue
         sigma = noise_multiplier(target_epsilon=target_epsilon, delta=delta,
@@ -112,7 +115,7 @@ def recommend(*, num_examples: int, num_clients: int, samples_per_client: float,
             "batch_size": batch_size,
             "local_epochs": _epochs_for(per_round, num_examples, batch_size),
             "steps_per_round": per_round, "steps": rounds * per_round, "noise_multiplier": sigma,
-            "samples": round(num_examples * q * rounds * per_round),
+            "samples": round(num_examples / batches * rounds * per_round),
             "beyond_measured": power > measured_max,
             **_snr(num_examples, q, sigma, rounds * per_round, num_clients, trainable_params),
         })
