@@ -36,9 +36,9 @@ def preflight(overrides: Mapping[str, Any], project: Path) -> Checked:
     """The validated settings and the run folder, or the first :class:`ConfigError`."""
     overrides = dict(overrides)
     cfg = from_run_config(project_defaults(project) | overrides)
-    check_count_release(cfg)
     check_dataset(cfg, project)
     check_model(cfg, project)
+    check_count_release(cfg)  # after the paths: it loads the accountant (torch, Opacus)
     root = Path(os.path.expanduser(cfg.output_dir or default_name()))
     if not root.is_absolute():
         root = project / root

@@ -23,7 +23,6 @@ from typing import Any
 
 from fedtune.atomic import append_line, write_json, write_text
 from fedtune.config import ConfigError, RunConfig
-from fedtune.model.pooling import head_description, write_head_config
 from fedtune.outputs.checkpoint import write_checkpoint
 from fedtune.outputs.plots import metrics_png, partitions_png
 
@@ -157,6 +156,10 @@ class RunFolder:
         """``save_pretrained`` (plus the server's state, if given) into a temp folder with a
         checksum manifest, then swap it in whole. The adapter names its base model by the
         run-config ``model`` id when that is a hub id; a local folder stays as PEFT wrote it."""
+        # Imported here: the launcher's checks use this module before anything starts, and the
+        # head's module pulls in torch and transformers (8 s on a cold 2-core machine).
+        from fedtune.model.pooling import head_description, write_head_config
+
         model = self.read_config().get("model")
 
         def fill(tmp: Path) -> None:

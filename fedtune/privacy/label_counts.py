@@ -15,11 +15,14 @@ they are paid for once; a client that lost them (a restarted host) draws and pay
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from fedtune.config import ConfigError, RunConfig
 from fedtune.privacy.noise_source import noise_seed
 from fedtune.protocol import History
+
+if TYPE_CHECKING:  # the launcher's checks import this module and must not pay for torch
+    import torch
 
 SENSITIVITY = 1.0  # one row added or removed moves one count by one
 MIN_COUNT = 1.0  # a noisy count is floored here before its log: no label is impossible
@@ -77,6 +80,8 @@ def label_counts(labels: list[int], num_labels: int, cfg: RunConfig, seed: int) 
     The noise is secret (OS entropy) unless ``reproducible-noise = true``, as the DP-SGD noise is:
     a server that knows the seed could otherwise subtract it.
     """
+    import torch
+
     counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long),
                             minlength=num_labels).to(torch.float64)
     if not count_release(cfg):
@@ -96,6 +101,8 @@ def logit_offset(counts: torch.Tensor, tau: float) -> torch.Tensor:
     be learned at all: without it every common row pushes the rare logit down, and the few rare
     rows' clipped gradients drown in the noise (TREC-6's ABBR was never predicted).
     """
+    import torch
+
     floored = counts.clamp(min=MIN_COUNT)
     prior = floored / floored.sum()
     return (tau * torch.log(prior)).to(torch.float32)
