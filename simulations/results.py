@@ -207,6 +207,13 @@ def section_utility(r: dict[str, Any], plots: list[str]) -> str:
         if x.get("from_run"):
             text += (f"\n\n*{x['name']}: from the run started {x['from_run']}"
                      f"{'; ' + x['from_note'] if x.get('from_note') else ''}.*")
+        if x.get("draws"):  # a mean over seeds: every run's figures beside it
+            runs = x["draws"]
+            text += (f"\n\n*{x['name']}: the mean of {len(runs)} runs (seeds "
+                     f"{', '.join(str(d.get('seed')) for d in runs)}): accuracy "
+                     f"{', '.join(fmt(d.get('accuracy'), 4) for d in runs)} (standard deviation "
+                     f"{fmt(x.get('accuracy_sd'), 4)}), macro-F1 "
+                     f"{', '.join(fmt(d.get('macro_f1'), 4) for d in runs)}.*")
         if x.get("samples_note"):  # a figure corrected after the run, and why
             text += f"\n\n*{x['name']}, samples: {x['samples_note']}*"
     return text + "".join(f"\n\n![{p}]({p})" for p in plots)
@@ -288,6 +295,8 @@ def summary_rows(results: dict[str, dict[str, Any]], tag: str) -> list[list[Any]
         for x in measured:
             value = (f"{x['points_below_nodp']:.1f} points below" if "points_below_nodp" in x
                      else fmt(x.get("accuracy"), 4))  # 0.7798 must not read as 0.780
+            if x.get("draws"):
+                value += f" (mean of {len(x['draws'])} runs)"
             rows.append([f"utility{tag}", x["target"], value, verdict(x["target_met"])])
         if not measured:
             rows.append([f"utility{tag}", "row targets", "–", verdict(None)])

@@ -223,6 +223,47 @@ def test_utility_judge_fills_in_targets_and_gaps():
     assert judge(rows) is False
 
 
+def test_utility_over_seeds_judges_the_mean_and_keeps_every_run(tmp_path, monkeypatch,
+                                                                capsys):
+    """--seeds: each row runs once per seed (the seed in its run config, a run folder per seed);
+    the row's accuracy is the mean, which the target judges, next to every run's own figures;
+    the results page names them."""
+    import simulations.benchmarks.utility as utility
+    from simulations.results import section_utility
+
+    accuracy = {0: 0.83, 1: 0.80, 2: 0.81}  # one run above 0.82, the mean (0.8133) below
+    calls = []
+
+    def fake_federated(overrides, clients, folder, name, **_):
+        calls.append((name, overrides["seed"]))
+        return {"ok": True, "wall_s": 10.0, "run": str(folder / name), "log": "x.log",
+                "accuracy": accuracy[overrides["seed"]], "macro_f1": 0.8, "epsilon_max": 7.99,
+                "samples": 67349.0, "series": [{"round": 0, "accuracy": 0.5}]}
+
+    monkeypatch.setattr(utility, "run_federated", fake_federated)
+    _, args = _utility_args("--only", "fed10-iid-dp8", "--seeds", "0,1,2", "--out",
+                            str(tmp_path), "--runs", str(tmp_path / "runs"))
+    utility.run(args)
+    assert calls == [(f"fed10-iid-dp8-seed{s}", s) for s in (0, 1, 2)]
+    result = json.loads((tmp_path / "utility.json").read_text())
+    row = result["results"][0]
+    assert result["seeds"] == [0, 1, 2] and row["ok"] is True
+    assert row["accuracy"] == pytest.approx(0.8133, abs=1e-4)
+    assert row["accuracy_sd"] == pytest.approx(0.01528, abs=1e-4)
+    assert row["target_met"] is False and result["target_met"] is False
+    assert [d["accuracy"] for d in row["draws"]] == [0.83, 0.80, 0.81]
+    assert [d["seed"] for d in row["draws"]] == [0, 1, 2] and row["wall_s"] == 30.0
+    assert "mean of 3 runs (seeds 0, 1, 2), accuracy 0.8300, 0.8000, 0.8100" in \
+        capsys.readouterr().out
+    text = section_utility(result, [])
+    assert "*fed10-iid-dp8: the mean of 3 runs (seeds 0, 1, 2): accuracy 0.8300, 0.8000, " \
+           "0.8100 (standard deviation 0.0153)" in text
+    with pytest.raises(SystemExit, match="--seeds '0,0' repeats a seed"):
+        utility.parse_seeds("0,0")
+    with pytest.raises(SystemExit, match="comma-separated integers"):
+        utility.parse_seeds("a")
+
+
 def test_gpu_only_sections_join_the_causal_modes_and_judge_their_targets(tmp_path):
     from simulations.benchmarks.common import save
     from simulations.results import build

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local epochs per round of the TREC rows (default 1.0)")
     parser.add_argument("--only", default="",
                         help="comma-separated row names to run (default: all nine)")
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated seeds: each row runs once per seed and reports "
+                             "the mean (targets are judged on it) and every run's figures "
+                             "(default: one run at the run config's seed)")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"utility: --seeds '{text}' must be comma-separated integers, "
+                         "e.g. --seeds 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"utility: --seeds '{text}' repeats a seed")
+    return seeds
+
+
+def combine_draws(draws: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from its runs at several seeds: the mean of each figure (what the targets judge:
+    one run is one draw, and the main job's accuracy moved by a point between seeds), the
+    spread, the largest epsilon, and every run's own figures. The per-round series is the first
+    run's (a plot of means would show a curve no run took)."""
+    if len(draws) == 1:
+        return draws[0]
+    ok = [d for d in draws if d["ok"]]
+    row = dict(ok[0] if ok else draws[0])
+    row.update(ok=len(ok) == len(draws), wall_s=round(sum(d["wall_s"] for d in draws), 2),
+               draws=[{k: d.get(k) for k in ("seed", "ok", "accuracy", "macro_f1", "epsilon",
+                                             "samples", "wall_s", "run", "log")}
+                      for d in draws])
+    for key in ("accuracy", "macro_f1"):
+        values = [d[key] for d in ok if d.get(key) is not None]
+        if values:
+            row[key] = statistics.fmean(values)
+            row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    epsilons = [d["epsilon"] for d in ok if d.get("epsilon") is not None]
+    row["epsilon"] = max(epsilons) if epsilons else None
+    return row
+
+
+def fmt_figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def target_text(name: str) -> str | None:
@@ -159,6 +202,29 @@ def judge(results: list[dict[str, Any]]) -> bool | None:
     return all(measured) if measured else None
 
 
+def run_row(p: dict[str, Any], args: argparse.Namespace, runs: Path, threads: int,
+            seed: int | None) -> dict[str, Any]:
+    """One run of a planned row (at ``seed``, when given: its run folder is named for it)."""
+    name, o = p["name"], dict(p["overrides"])
+    label = name
+    if seed is not None:
+        o["seed"], label = seed, f"{name}-seed{seed}"
+    if p["arm"] == "central":
+        out = run_central(o, threads, runs, label, timeout_s=args.timeout)
+        out.setdefault("run", str(runs / f"{label}.json"))
+        samples, eps = out.get("samples_planned"), out.get("epsilon")
+    else:
+        out = run_federated(o, p["clients"], runs, label, timeout_s=args.timeout,
+                            cpus_per_client=args.cpus_per_client,
+                            gpus_per_client=args.gpus_per_client)
+        samples, eps = out.get("samples"), out.get("epsilon_max")
+    return {"name": name, "arm": p["arm"], "data": p["data"], "dataset": o["dataset"],
+            "label_column": o.get("label-column", "label"), "clients": p["clients"],
+            "dp": o["dp"], "target": p["target"], **out, "seed": o.get("seed"),
+            "samples": None if samples is None else round(samples), "epsilon": eps,
+            "target_met": None}
+
+
 def run(args: argparse.Namespace) -> int:
     planned = plan_rows(args)
     threads = os.cpu_count() or 1
@@ -178,26 +244,18 @@ def run(args: argparse.Namespace) -> int:
     # The rows with targets run first (their figures are what a partial run should have);
     # the results keep the table's order.
     position = {p["name"]: i for i, p in enumerate(planned)}
+    seeds = parse_seeds(args.seeds)
+    if seeds:
+        result["seeds"] = seeds
     for p in sorted(planned, key=lambda p: (p["target"] is None, position[p["name"]])):
-        name, o = p["name"], p["overrides"]
-        if p["arm"] == "central":
-            out = run_central(o, threads, runs, name, timeout_s=args.timeout)
-            out.setdefault("run", str(runs / f"{name}.json"))
-            samples, eps = out.get("samples_planned"), out.get("epsilon")
-        else:
-            out = run_federated(o, p["clients"], runs, name, timeout_s=args.timeout,
-                                cpus_per_client=args.cpus_per_client,
-                                gpus_per_client=args.gpus_per_client)
-            samples, eps = out.get("samples"), out.get("epsilon_max")
-        result["results"].append({
-            "name": name, "arm": p["arm"], "data": p["data"], "dataset": o["dataset"],
-            "label_column": o.get("label-column", "label"), "clients": p["clients"],
-            "dp": o["dp"], "target": p["target"], **out,
-            "samples": None if samples is None else round(samples), "epsilon": eps,
-            "target_met": None})
-        result["results"].sort(key=lambda r: position[r["name"]])
-        result["target_met"] = judge(result["results"])
-        save(result, folder)
+        draws: list[dict[str, Any]] = []
+        for seed in seeds or [None]:  # saved after every run: an interrupted row keeps its runs
+            draws.append(run_row(p, args, runs, threads, seed))
+            result["results"] = [r for r in result["results"] if r["name"] != p["name"]]
+            result["results"].append(combine_draws(draws))
+            result["results"].sort(key=lambda r: position[r["name"]])
+            result["target_met"] = judge(result["results"])
+            save(result, folder)
 
     result["target_met"] = judge(result["results"])
     print("\n" + table(
@@ -208,6 +266,12 @@ def run(args: argparse.Namespace) -> int:
           f"FAILED ({r['log']})" if not r["ok"] else
           "-" if r["target_met"] is None else r["target_met"]]
          for r in result["results"]]))
+    for r in result["results"]:
+        if r.get("draws"):
+            print(f"{r['name']}: mean of {len(r['draws'])} runs (seeds "
+                  f"{', '.join(str(d['seed']) for d in r['draws'])}), accuracy "
+                  f"{', '.join(fmt_figure(d.get('accuracy')) for d in r['draws'])} "
+                  f"(sd {fmt_figure(r.get('accuracy_sd'))})")
     verdict = {True: "met", False: "MISSED", None: "not measured"}[result["target_met"]]
     print(f"row targets: {verdict}")
     return finish(result, folder, ok=all(r["ok"] for r in result["results"]))
