@@ -108,6 +108,22 @@ def _is_empty(batch) -> bool:
     return not batch or batch["labels"].numel() == 0
 
 
+class _EmptyAsNone:
+    """The collator of a Poisson loader, with an empty draw as ``None`` (a noise-only step).
+
+    Opacus's own wrapper builds an empty batch from the first non-empty one; when the very first
+    draw is empty it falls back to shapes and dtypes of ``dataset[0]``, which for rows that are
+    dicts is ``torch.zeros((), dtype=dict)``: a TypeError that stopped a small client (4 rows,
+    q = 1/2: 1 run in 16) of a Dirichlet split. The sampler, and so the privacy, is unchanged.
+    """
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, rows):
+        return self.collate(rows) if rows else None
+
+
 def param_groups(model, cfg: RunConfig) -> list[dict]:
     """LoRA tensors at ``lr``, the task head at ``lr * head-lr-scale``.
 
@@ -333,6 +349,8 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
     elif poisson:  # Opacus's own Poisson sampler, from the loader's seeded generator
         loader = DPDataLoader.from_data_loader(loader)
+    if poisson:
+        loader.collate_fn = _EmptyAsNone(task.collator(pad_token_id))
     losses, samples = [], 0
     loss_fn = _loss_fn(task, cfg, criterion, logit_offset)
     schedule = _lr_schedule(optimizer, cfg, done=state.rounds_trained * steps,

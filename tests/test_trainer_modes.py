@@ -95,3 +95,21 @@ def test_precision_for_classification(setup):
     full = evaluate_seq_cls(cfg, model, rows, pad, 2)
     half = evaluate_seq_cls(dataclasses.replace(cfg, precision="bf16"), model, rows, pad, 2)
     assert abs(full["loss"] - half["loss"]) < 0.01 * full["loss"]
+
+
+@pytest.mark.parametrize("mode", ["hooks", "fused"])
+def test_a_first_poisson_draw_that_is_empty_is_a_noise_only_step(tiny_model, toy_data, mode):
+    """A 4-row client at q = 1/4 (a small Dirichlet partition): with this seed its first Poisson
+    draw is empty, which Opacus's own empty-batch fallback turned into a TypeError. The round
+    takes all its steps (the empty one noised and counted) and trains on the rows it drew."""
+    cfg = from_run_config({"model": str(tiny_model), "dataset": str(toy_data),
+                           "max-train-samples": 4, "batch-size": 1, "delta": 1e-3,
+                           "max-length": 32, "local-epochs": 1.0, "grad-sample-mode": mode})
+    splits, tok = load_splits(cfg), load_tokenizer(cfg)
+    rows = TokenizedDataset.from_texts(tok, splits.train["text"], splits.train["label"], 32)
+    torch.manual_seed(0)
+    model = build_model(cfg, 2)
+    state = PrivacyState(noise_multiplier=1.0, sample_rate=0.25)
+    result = train_local(model, rows, tok.pad_token_id, cfg, state, seed=2)
+    assert len(rows) == 4 and result.samples == 3  # 4 steps drew 0, then 3 rows in all
+    assert state.history == [(1.0, 0.25, 4)]  # every step counted, the empty one too
