@@ -104,10 +104,6 @@ def _batches(loader, steps: int):
                 return
 
 
-def _is_empty(batch) -> bool:
-    return not batch or batch["labels"].numel() == 0
-
-
 class _EmptyAsNone:
     """The collator of a Poisson loader, with an empty draw as ``None`` (a noise-only step).
 
@@ -323,8 +319,9 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     if cfg.optimizer_state == "keep":
         load_moments(optimizer, model, optimizer_state)
     poisson = cfg.dp_enabled if poisson is None else poisson or cfg.dp_enabled
+    collate = task.collator(pad_token_id)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=not poisson,
-                        collate_fn=task.collator(pad_token_id), generator=generator)
+                        collate_fn=collate, generator=generator)
     engine = criterion = close = None
     model.train()
     if cfg.dp_enabled:
@@ -349,8 +346,8 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
         assert abs(optimizer.expected_batch_size - n * q) <= 1, "Opacus derived a different q"
     elif poisson:  # Opacus's own Poisson sampler, from the loader's seeded generator
         loader = DPDataLoader.from_data_loader(loader)
-    if poisson:
-        loader.collate_fn = _EmptyAsNone(task.collator(pad_token_id))
+    if poisson:  # the only loader that can draw nothing
+        loader.collate_fn = _EmptyAsNone(collate)
     losses, samples = [], 0
     loss_fn = _loss_fn(task, cfg, criterion, logit_offset)
     schedule = _lr_schedule(optimizer, cfg, done=state.rounds_trained * steps,
@@ -358,7 +355,7 @@ def train_local(model, dataset, pad_token_id: int, cfg: RunConfig,
     try:
         for batch in _batches(loader, steps):
             schedule()
-            if _is_empty(batch):
+            if not batch:  # an empty Poisson draw (None from _EmptyAsNone)
                 # Nothing to learn from, but under DP the step still adds noise (and counts).
                 if engine is not None:
                     optimizer.zero_grad(set_to_none=True)

@@ -36,6 +36,7 @@ from simulations.benchmarks.arms import run_central, run_federated
 from simulations.benchmarks.cli import common_arguments, device_arguments
 from simulations.benchmarks.common import finish, header, result_dir, runs_dir, save, table
 from simulations.launch import turn_taking
+from simulations.results import fmt
 
 TREC = PROJECT_ROOT.parent / "shared" / "data" / "trec"
 F1_GAP_POINTS = 5.0
@@ -130,10 +131,6 @@ def combine_draws(draws: list[dict[str, Any]]) -> dict[str, Any]:
     epsilons = [d["epsilon"] for d in ok if d.get("epsilon") is not None]
     row["epsilon"] = max(epsilons) if epsilons else None
     return row
-
-
-def fmt_figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def target_text(name: str) -> str | None:
@@ -270,8 +267,8 @@ def run(args: argparse.Namespace) -> int:
         if r.get("draws"):
             print(f"{r['name']}: mean of {len(r['draws'])} runs (seeds "
                   f"{', '.join(str(d['seed']) for d in r['draws'])}), accuracy "
-                  f"{', '.join(fmt_figure(d.get('accuracy')) for d in r['draws'])} "
-                  f"(sd {fmt_figure(r.get('accuracy_sd'))})")
+                  f"{', '.join(fmt(d.get('accuracy'), 4) for d in r['draws'])} "
+                  f"(sd {fmt(r.get('accuracy_sd'), 4)})")
     verdict = {True: "met", False: "MISSED", None: "not measured"}[result["target_met"]]
     print(f"row targets: {verdict}")
     return finish(result, folder, ok=all(r["ok"] for r in result["results"]))
