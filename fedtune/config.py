@@ -24,6 +24,7 @@ TASKS = ("seq-cls", "causal-lm")
 PROMPT_TEMPLATES = ("alpaca", "plain")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 POOLINGS = ("auto", "mean", "cls", "pooler")
+BASE_DROPOUTS = ("auto", "off", "model")
 OPTIMIZER_STATES = ("keep", "reset")
 AGGREGATIONS = ("fedavg", "ffa", "hetero-rank")
 SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
@@ -139,6 +140,12 @@ class RunConfig:
     lora_alpha: float = setting(16.0, "LoRA scaling numerator (the scale is alpha / r)",
                                 min=0, min_open=True)
     lora_dropout: float = setting(0.0, "LoRA dropout", min=0, max=1, max_open=True)
+    base_dropout: str = setting(
+        "auto",
+        "dropout inside the base model while training: `model` = its own config (BERT: 0.1), "
+        "`off` = none, `auto` = off under sample-level DP (`dp = sample | both`), else the "
+        "model's own",
+        choices=BASE_DROPOUTS)
     lora_targets: tuple[str, ...] = setting(
         ("query", "value"),
         "comma-separated module names that get LoRA; `auto` = the architecture's query/value "

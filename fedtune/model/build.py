@@ -9,10 +9,16 @@ import zlib
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 from transformers.utils import logging as hf_logging
 
 from fedtune.config import ConfigError, RunConfig
+from fedtune.model.dropout import config_overrides, dropout_off, zero_dropout_modules
 from fedtune.model.lora_targets import resolve_targets
 from fedtune.model.paths import resolve_model_path
 from fedtune.model.pooling import PooledClassifier, read_head_config, resolve_pooling, zero_head
@@ -85,11 +91,16 @@ def load_base(auto_class, cfg: RunConfig, **kwargs):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialised head" is expected, not news
     try:
-        return auto_class.from_pretrained(path, **kwargs)
+        if dropout_off(cfg):
+            kwargs = {**config_overrides(AutoConfig.from_pretrained(path)), **kwargs}
+        base = auto_class.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ConfigError(f"run-config key 'model': cannot load '{cfg.model}' ({exc})") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+    if dropout_off(cfg):
+        zero_dropout_modules(base)
+    return base
 
 
 def wrap_with_lora(base, cfg: RunConfig, task_type: TaskType) -> PeftModel:
