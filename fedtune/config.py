@@ -143,8 +143,9 @@ class RunConfig:
     base_dropout: str = setting(
         "auto",
         "dropout inside the base model while training: `model` = its own config (BERT: 0.1), "
-        "`off` = none, `auto` = off under sample-level DP (`dp = sample | both`), else the "
-        "model's own",
+        "`off` = none, `auto` = off under sample-level DP (`dp = sample | both`) when each "
+        "client passes over its rows at most once (`local-epochs` x `planned-rounds` <= 1), "
+        "else the model's own",
         choices=BASE_DROPOUTS)
     lora_targets: tuple[str, ...] = setting(
         ("query", "value"),

@@ -36,7 +36,20 @@ def _two_forwards(model) -> tuple[torch.Tensor, torch.Tensor]:
     ("model", "sample", False), ("off", "off", True), ("auto", "sample", True),
     ("auto", "both", True), ("auto", "off", False), ("auto", "client", False)])
 def test_auto_switches_dropout_off_only_under_sample_level_dp(setting, dp, off):
-    assert dropout_off(from_run_config({"base-dropout": setting, "dp": dp})) is off
+    one_pass = {"local-epochs": 0.5, "num-server-rounds": 2}
+    assert dropout_off(from_run_config({"base-dropout": setting, "dp": dp, **one_pass})) is off
+
+
+@pytest.mark.parametrize(("epochs", "rounds", "planned", "off"), [
+    (0.5, 10, 2, True),   # the main job: 10 rounds in turns, each client in 2 of them
+    (1.0, 1, 0, True), (0.5, 2, 0, True),
+    (1.0, 10, 4, False),  # TREC-6 in the benchmark: four passes over each client's rows
+    (0.5, 3, 0, False)])
+def test_auto_keeps_the_models_dropout_when_a_client_sees_its_rows_again(epochs, rounds,
+                                                                         planned, off):
+    cfg = from_run_config({"dp": "sample", "local-epochs": epochs, "num-server-rounds": rounds,
+                           "planned-rounds": planned})
+    assert dropout_off(cfg) is off
 
 
 def test_off_makes_training_passes_deterministic_and_model_keeps_them_random(tiny_sentence_model):

@@ -1,9 +1,14 @@
 """Dropout inside the frozen base model, which ``base-dropout`` can switch off for training.
 
-Why off under DP: each client's gradient is already noised far above what dropout adds, and with
-a frozen encoder dropout only makes the feature a head trains on differ from the one it is
-evaluated on. Models read dropout two ways, so both are set: ``nn.Dropout`` modules (BERT also
-reads their ``p`` for attention) and the config's rates, which attention kernels (Llama's
+Why ``auto`` switches it off under sample-level DP when each client passes over its rows at most
+once: dropout is a regulariser against fitting rows seen again, and a row seen once is not seen
+again; meanwhile each gradient is already noised far above what dropout adds, and dropout makes
+the feature the head trains on differ from the one it is evaluated on. Measured (benchmark, mean
+of three runs): SST-2's main job, one pass, 0.8020 -> 0.8192 with it off; TREC-6, four passes,
+macro-F1 0.819 -> 0.812 (within the spread, not better), so there the model keeps its own.
+
+Models read dropout two ways, so both are set: ``nn.Dropout`` modules (BERT also reads their
+``p`` for attention) and the config's rates, which attention kernels (Llama's
 ``attention_dropout``) copy at construction.
 """
 
@@ -16,8 +21,14 @@ from fedtune.config import RunConfig
 
 def dropout_off(cfg: RunConfig) -> bool:
     if cfg.base_dropout == "auto":
-        return cfg.dp in ("sample", "both")
+        return cfg.dp in ("sample", "both") and passes_per_client(cfg) <= 1
     return cfg.base_dropout == "off"
+
+
+def passes_per_client(cfg: RunConfig) -> float:
+    """Epochs a client plans over its rows in the run: ``local-epochs`` x its planned rounds
+    (``planned-rounds``, 0 = every server round)."""
+    return cfg.local_epochs * (cfg.planned_rounds or cfg.num_server_rounds)
 
 
 def config_overrides(config) -> dict[str, float]:
