@@ -730,6 +730,11 @@ def unknown_key_message(key: str) -> str:
             "for experiments)")
 
 
+def planned_rounds(cfg: RunConfig) -> int:
+    """Every round is planned for (any round may sample this client) unless ``planned-rounds``."""
+    return cfg.planned_rounds or cfg.num_server_rounds
+
+
 def from_run_config(run_config: Mapping[str, Any]) -> RunConfig:
     """Build and validate a :class:`RunConfig` from Flower's ``context.run_config``.
 

@@ -88,17 +88,18 @@ def load_base(auto_class, cfg: RunConfig, **kwargs):
     """``auto_class.from_pretrained`` on ``model``; a model that cannot be loaded is a setting to
     fix, not a stack trace."""
     path = resolve_model_path(cfg.model)
+    no_dropout = dropout_off(cfg)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialised head" is expected, not news
     try:
-        if dropout_off(cfg):
+        if no_dropout:
             kwargs = {**config_overrides(AutoConfig.from_pretrained(path)), **kwargs}
         base = auto_class.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ConfigError(f"run-config key 'model': cannot load '{cfg.model}' ({exc})") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
-    if dropout_off(cfg):
+    if no_dropout:
         zero_dropout_modules(base)
     return base
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fedtune.config import RunConfig
+from fedtune.config import RunConfig, planned_rounds
 
 
 def dropout_off(cfg: RunConfig) -> bool:
@@ -26,9 +26,8 @@ def dropout_off(cfg: RunConfig) -> bool:
 
 
 def passes_per_client(cfg: RunConfig) -> float:
-    """Epochs a client plans over its rows in the run: ``local-epochs`` x its planned rounds
-    (``planned-rounds``, 0 = every server round)."""
-    return cfg.local_epochs * (cfg.planned_rounds or cfg.num_server_rounds)
+    """Epochs a client plans over its rows in the run: ``local-epochs`` x its planned rounds."""
+    return cfg.local_epochs * planned_rounds(cfg)
 
 
 def config_overrides(config) -> dict[str, float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 
-from fedtune.config import ConfigError, RunConfig
+from fedtune.config import ConfigError, RunConfig, planned_rounds
 from fedtune.privacy.accounting import epsilon
 from fedtune.privacy.client_level import sampled_per_round
 from fedtune.privacy.noise_search import (
@@ -112,11 +112,6 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 def steps_per_round(num_examples: int, batch_size: int, local_epochs: float) -> int:
     return max(1, round(local_epochs * steps_per_epoch(num_examples, batch_size)))
-
-
-def planned_rounds(cfg: RunConfig) -> int:
-    """Every round is planned for (any round may sample this client) unless ``planned-rounds``."""
-    return cfg.planned_rounds or cfg.num_server_rounds
 
 
 def cyclic_turns(cfg: RunConfig, num_clients: int) -> int:
