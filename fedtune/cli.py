@@ -15,10 +15,10 @@ import json
 import re
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 from fedtune.config import DEFAULT_MODEL, ConfigError, describe
+from fedtune.console import quiet_warnings, verbose_from_env
 
 SETTINGS_START = "<!-- settings:start"
 SETTINGS_END = "<!-- settings:end -->"
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+    quiet_warnings(verbose_from_env())  # the accountants' known noise, as in the launcher
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -306,3 +306,20 @@ def test_the_prv_accountants_log_of_zero_is_dropped_there_only(restore_libraries
     messages = [str(w.message) for w in seen]
     assert messages == ["divide by zero encountered in log"]
     assert seen[0].filename == __file__
+
+
+def test_the_privacy_planner_prints_no_accountant_noise():
+    """`fedtune privacy plan` runs the PRV accountant at q = 1 for the label counts (session 13
+    found its log(0) warnings on the planner's console, which only the launcher filtered)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fedtune.cli", "privacy", "plan", "--num-examples", "6735",
+         "--batch-size", "241", "--rounds", "2", "--local-epochs", "0.5",
+         "--target-epsilon", "8", "--delta", "1e-5"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "noise multiplier" in done.stdout
+    assert "divide by zero" not in done.stderr
+    assert "Warning" not in done.stderr
