@@ -309,8 +309,8 @@ def test_the_prv_accountants_log_of_zero_is_dropped_there_only(restore_libraries
 
 
 def test_the_privacy_planner_prints_no_accountant_noise():
-    """`fedtune privacy plan` runs the PRV accountant at q = 1 for the label counts (session 13
-    found its log(0) warnings on the planner's console, which only the launcher filtered)."""
+    """`fedtune privacy plan` runs the PRV accountant at q = 1 for the label counts; its masked
+    log(0) warnings once filled the planner's console, because only the launcher filtered them."""
     import subprocess
     import sys
 
