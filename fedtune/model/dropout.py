@@ -21,7 +21,7 @@ from fedtune.config import RunConfig, planned_rounds
 
 def dropout_off(cfg: RunConfig) -> bool:
     if cfg.base_dropout == "auto":
-        return cfg.dp in ("sample", "both") and passes_per_client(cfg) <= 1
+        return cfg.dp_enabled and passes_per_client(cfg) <= 1
     return cfg.base_dropout == "off"
 
 
